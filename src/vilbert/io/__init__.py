@@ -1,0 +1,1 @@
+"""Small I/O helpers shared across the package (safe unpickling, atomic writes)."""
