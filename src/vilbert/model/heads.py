@@ -1,0 +1,159 @@
+"""Task heads. Each reads one of the encoder's outputs, named by its `source`:
+"text" (text sequence), "image" (image sequence) or "fused" (pooled_text * pooled_image).
+
+A head is configured by name in `config.heads` (name -> kwargs). The name picks the head type,
+unless the kwargs carry `"type"` (so two VQA heads can coexist, e.g. "gqa": {"type": "vqa",
+"num_answers": 1533}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vilbert.model.config import ViLBertConfig
+from vilbert.model.layers import activation
+
+Tensor = torch.Tensor
+
+
+class Transform(nn.Module):
+    """Dense -> activation -> LayerNorm (BERT's prediction-head transform)."""
+
+    def __init__(self, dim: int, act: str, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = activation(act)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(x)))
+
+
+class MaskedWordHead(nn.Module):
+    """Masked word prediction; the decoder is the word-embedding matrix (tied), plus a bias."""
+
+    source = "text"
+
+    def __init__(self, config: ViLBertConfig, image_width: int):
+        super().__init__()
+        self.transform = Transform(config.hidden_size, config.hidden_act, config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: Tensor, word_embeddings: Tensor) -> Tensor:
+        return F.linear(self.transform(x), word_embeddings, self.bias)  # [..., V]
+
+
+class MaskedRegionHead(nn.Module):
+    """Masked region prediction: transform -> Linear to the region classes."""
+
+    source = "image"
+
+    def __init__(self, config: ViLBertConfig, image_width: int, num_classes: int | None = None):
+        super().__init__()
+        act = config.v_hidden_act if config.architecture == "two_stream" else config.hidden_act
+        self.transform = Transform(image_width, act, config.layer_norm_eps)
+        self.decoder = nn.Linear(image_width, num_classes or config.v_target_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.transform(x))  # [B,R,C]
+
+
+class AlignmentHead(nn.Module):
+    """Is the caption the image's? Linear(fused -> 2); index 0 = aligned, as in the original."""
+
+    source = "fused"
+
+    def __init__(self, config: ViLBertConfig, image_width: int):
+        super().__init__()
+        self.linear = nn.Linear(config.bi_hidden_size, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
+class VQAHead(nn.Module):
+    """Answer classifier on the fused vector.
+
+    style "multi_task" (vilbert-multi-task): Linear -> GELU -> LayerNorm -> Linear.
+    style "beta" (vilbert_beta): Linear -> ReLU -> dropout -> Linear (its weight norm is folded
+    into plain weights at conversion).
+    """
+
+    source = "fused"
+
+    def __init__(
+        self,
+        config: ViLBertConfig,
+        image_width: int,
+        num_answers: int = 3129,
+        hidden: int | None = None,
+        style: str = "multi_task",
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if style not in ("multi_task", "beta"):
+            raise ValueError(f"VQA head style {style!r} is not 'multi_task' or 'beta'")
+        hidden = hidden or 2 * config.bi_hidden_size
+        self.style = style
+        self.fc1 = nn.Linear(config.bi_hidden_size, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12) if style == "multi_task" else None
+        self.dropout = nn.Dropout(dropout if style == "beta" else 0.0)
+        self.fc2 = nn.Linear(hidden, num_answers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        h = self.norm(F.gelu(h)) if self.norm is not None else self.dropout(F.relu(h))
+        return self.fc2(h)  # [B,A]
+
+
+class PairScoreHead(nn.Module):
+    """One score per (text, image) pair: VCR choices, retrieval (the original's vil_logit)."""
+
+    source = "fused"
+
+    def __init__(self, config: ViLBertConfig, image_width: int):
+        super().__init__()
+        self.linear = nn.Linear(config.bi_hidden_size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).squeeze(-1)  # [B]
+
+
+class RegionScoreHead(nn.Module):
+    """One score per region (referring expressions; the original's vision_logit)."""
+
+    source = "image"
+
+    def __init__(self, config: ViLBertConfig, image_width: int):
+        super().__init__()
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.linear = nn.Linear(image_width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.dropout(x)).squeeze(-1)  # [B,R]; padded regions set by the model
+
+
+HEAD_TYPES: dict[str, type[nn.Module]] = {
+    "masked_word": MaskedWordHead,
+    "masked_region": MaskedRegionHead,
+    "alignment": AlignmentHead,
+    "vqa": VQAHead,
+    "pair_score": PairScoreHead,
+    "region_score": RegionScoreHead,
+}
+
+
+def build_head(name: str, kwargs: dict[str, Any], config: ViLBertConfig, image_width: int) -> nn.Module:
+    """Construct head `name` from its config kwargs (an unknown type lists the valid ones)."""
+    kwargs = dict(kwargs)
+    kind = kwargs.pop("type", name)
+    if kind not in HEAD_TYPES:
+        raise KeyError(f"unknown head type {kind!r} (head {name!r}); valid types: {', '.join(HEAD_TYPES)}")
+    try:
+        return HEAD_TYPES[kind](config, image_width, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"bad arguments {kwargs} for head {name!r} of type {kind!r}: {err}") from err

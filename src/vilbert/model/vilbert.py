@@ -1,0 +1,211 @@
+"""ViLBERT: a text stream (BERT) and a visual stream that exchange information through
+co-attention layers, with poolers, fusion and named task heads.
+
+Dimension letters: B batch, T text tokens, R regions (row 0 = [IMG]), D region feature width,
+Dt text width, Dv visual width, Hb pooled/fused width (bi_hidden_size), V vocabulary,
+C region classes, A answers, N masked words in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from vilbert.model.config import ViLBertConfig
+from vilbert.model.heads import MaskedWordHead, build_head
+from vilbert.model.layers import (
+    CoAttentionLayer,
+    ImageEmbeddings,
+    Pooler,
+    TextEmbeddings,
+    TransformerLayer,
+    key_mask,
+)
+from vilbert.model.single_stream import SingleStreamEncoder
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ViLBertOutput:
+    text_sequence: Tensor  # [B,T,Dt]
+    image_sequence: Tensor  # [B,R,Dv]
+    pooled_text: Tensor  # [B,Hb]
+    pooled_image: Tensor  # [B,Hb]
+    fused: Tensor  # [B,Hb] pooled_text * pooled_image (before dropout)
+    logits: dict[str, Tensor] = field(default_factory=dict)  # only the heads asked for
+    # With output_attentions: per co-attention layer (text->image [B,H,T,R], image->text [B,H,R,T]).
+    co_attentions: list[tuple[Tensor, Tensor]] | None = None
+
+
+class TwoStreamEncoder(nn.Module):
+    """Text layers, visual layers and co-attention layers run on the config's declarative schedule."""
+
+    def __init__(self, config: ViLBertConfig):
+        super().__init__()
+        c = config
+        self.text_layers = nn.ModuleList(
+            TransformerLayer(
+                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
+                c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.layer_norm_eps,
+            )
+            for _ in range(c.num_hidden_layers)
+        )
+        self.visual_layers = nn.ModuleList(
+            TransformerLayer(
+                c.v_hidden_size, c.v_num_attention_heads, c.v_intermediate_size, c.v_hidden_act,
+                c.v_hidden_dropout_prob, c.v_attention_probs_dropout_prob, c.layer_norm_eps,
+            )
+            for _ in range(c.v_num_hidden_layers)
+        )
+        self.co_layers = nn.ModuleList(
+            CoAttentionLayer(
+                c.hidden_size, c.v_hidden_size, c.bi_hidden_size, c.bi_num_attention_heads,
+                c.intermediate_size, c.v_intermediate_size, c.hidden_act, c.v_hidden_act,
+                c.hidden_dropout_prob, c.v_hidden_dropout_prob,
+                c.attention_probs_dropout_prob, c.v_attention_probs_dropout_prob, c.layer_norm_eps,
+            )
+            for _ in range(c.num_coattention_layers)
+        )
+        # Segment k: text layers [t_{k-1}, t_k) and visual layers [v_{k-1}, v_k), then co-layer k.
+        t_ends = list(c.coattention_before_text_layer) + [c.num_hidden_layers]
+        v_ends = list(c.coattention_before_visual_layer) + [c.v_num_hidden_layers]
+        self.segments = [
+            (range(t0, t1), range(v0, v1))
+            for t0, t1, v0, v1 in zip([0] + t_ends[:-1], t_ends, [0] + v_ends[:-1], v_ends)
+        ]
+
+    def forward(
+        self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]] | None]:
+        """text [B,T,Dt], image [B,R,Dv], masks bool [B,T]/[B,R] -> sequences (+ co-attention probs)."""
+        t_mask, v_mask = key_mask(text_mask), key_mask(image_mask)
+        probs: list[tuple[Tensor, Tensor]] | None = [] if need_weights else None
+        for k, (t_range, v_range) in enumerate(self.segments):
+            for i in t_range:
+                text, _ = self.text_layers[i](text, t_mask)
+            for i in v_range:
+                image, _ = self.visual_layers[i](image, v_mask)
+            if k < len(self.co_layers):
+                text, image, t2i, i2t = self.co_layers[k](text, t_mask, image, v_mask, need_weights)
+                if probs is not None:
+                    probs.append((t2i, i2t))
+        return text, image, probs
+
+
+class ViLBert(nn.Module):
+    """Embeddings, encoder (two-stream or single-stream), poolers and an `nn.ModuleDict` of heads."""
+
+    def __init__(self, config: ViLBertConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        two = c.architecture == "two_stream"
+        self.image_width = c.v_hidden_size if two else c.hidden_size
+        self.text_embeddings = TextEmbeddings(
+            c.vocab_size, c.hidden_size, c.max_position_embeddings, c.type_vocab_size,
+            c.hidden_dropout_prob, c.layer_norm_eps,
+        )
+        self.image_embeddings = ImageEmbeddings(
+            c.v_feature_size, self.image_width, c.v_hidden_dropout_prob if two else c.hidden_dropout_prob,
+            c.layer_norm_eps,
+        )
+        self.encoder = TwoStreamEncoder(c) if two else SingleStreamEncoder(c)
+        self.text_pooler = Pooler(c.hidden_size, c.bi_hidden_size)
+        self.image_pooler = Pooler(self.image_width, c.bi_hidden_size)
+        self.fused_dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.heads = nn.ModuleDict(
+            {name: build_head(name, kwargs, c, self.image_width) for name, kwargs in c.heads.items()}
+        )
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def add_head(self, name: str, **kwargs: Any) -> nn.Module:
+        """Add a head (e.g. fine-tuning a checkpoint that lacks it) and record it in the config."""
+        if name in self.heads:
+            raise ValueError(f"model already has a head named {name!r}")
+        ref = next(self.parameters())
+        head = build_head(name, kwargs, self.config, self.image_width).to(ref.device, ref.dtype)
+        head.apply(self._init_weights)
+        self.heads[name] = head
+        self.config.heads[name] = dict(kwargs)
+        return head
+
+    def _check_inputs(self, input_ids: Tensor, image_features: Tensor, image_locations: Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B,T], got shape {tuple(input_ids.shape)}")
+        if image_features.dim() != 3 or image_features.shape[-1] != self.config.v_feature_size:
+            raise ValueError(
+                f"image_features must be [B,R,{self.config.v_feature_size}] (v_feature_size), "
+                f"got shape {tuple(image_features.shape)}"
+            )
+        if image_locations.shape != (*image_features.shape[:2], 5):
+            raise ValueError(f"image_locations must be [B,R,5], got shape {tuple(image_locations.shape)}")
+        if image_features.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"batch sizes differ: text {input_ids.shape[0]}, images {image_features.shape[0]}")
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        image_features: Tensor,
+        image_locations: Tensor,
+        image_mask: Tensor,
+        heads: Sequence[str] = (),
+        masked_word_positions: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ViLBertOutput:
+        """Encode a batch and compute only the heads named in `heads`.
+
+        `masked_word_positions` (bool [B,T]) restricts masked_word logits to those positions
+        ([N,V]); without it they cover every position ([B,T,V]).
+        """
+        if isinstance(heads, str):
+            heads = (heads,)
+        missing = [h for h in heads if h not in self.heads]
+        if missing:
+            raise KeyError(f"model has no head {missing}; its heads: {', '.join(self.heads) or '(none)'}")
+        self._check_inputs(input_ids, image_features, image_locations)
+        text_mask, image_mask = attention_mask.bool(), image_mask.bool()
+        text = self.text_embeddings(input_ids, token_type_ids)
+        image = self.image_embeddings(image_features, image_locations)
+        text, image, co_attn = self.encoder(text, text_mask, image, image_mask, output_attentions)
+        pooled_text, pooled_image = self.text_pooler(text), self.image_pooler(image)
+        fused = pooled_text * pooled_image
+        out = ViLBertOutput(text, image, pooled_text, pooled_image, fused, co_attentions=co_attn)
+        fused_in = self.fused_dropout(fused) if any(self.heads[h].source == "fused" for h in heads) else None
+        for name in heads:
+            head = self.heads[name]
+            if isinstance(head, MaskedWordHead):
+                rows = text if masked_word_positions is None else text[masked_word_positions.bool()]  # [N,Dt]
+                out.logits[name] = head(rows, self.text_embeddings.word.weight)
+            elif head.source == "fused":
+                out.logits[name] = head(fused_in)
+            elif head.source == "image":
+                logits = head(image)
+                if logits.dim() == 2:  # per-region scores: padded regions can never win
+                    logits = logits.masked_fill(~image_mask, -10000.0)
+                out.logits[name] = logits
+            else:
+                out.logits[name] = head(text)
+        return out
+
+
+def build_model(config: ViLBertConfig) -> ViLBert:
+    """A freshly initialised model for `config` (two-stream ViLBERT or the single-stream baseline)."""
+    return ViLBert(config)
