@@ -1,0 +1,91 @@
+"""`vilbert features`: images (and optional boxes) -> a region feature store, or import an
+original ViLBERT feature LMDB.
+
+    vilbert features --images DIR [--boxes COCO.json | --detector mod:fn | --detector det.onnx] --out STORE
+    vilbert features --import-legacy ORIGINAL_LMDB --out STORE
+
+Boxes from --boxes are used as given; grid and detector boxes are limited to
+--min-boxes..--max-boxes (detector boxes after NMS). Rerunning the same command adds only the
+images the store lacks; unreadable images are listed in STORE/failures.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vilbert.features.extract import FAILURES_FILE, ExtractConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ExtractConfig()
+    parser = argparse.ArgumentParser(prog="vilbert features", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="folder of images (ids = file names without suffix, or from --boxes)")
+    source.add_argument("--import-legacy", metavar="LMDB", help="import an original ViLBERT feature LMDB")
+    parser.add_argument("--out", required=True, help="feature store to create or extend (an LMDB directory)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--boxes", help="COCO-style boxes file (images + annotations bbox [x,y,w,h]); used as given")
+    boxes.add_argument("--detector", help="'package.module:function' or a .onnx file returning boxes and scores")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per backbone batch")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help="longer image side after resizing, multiple of 32 (default %(default)s)")
+    parser.add_argument("--min-boxes", type=int, default=defaults.min_boxes)
+    parser.add_argument("--max-boxes", type=int, default=defaults.max_boxes)
+    parser.add_argument("--nms-iou", type=float, default=defaults.iou_threshold, help="NMS IoU for detector boxes")
+    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
+    parser.add_argument("--fp16-store", action="store_true", help="store features and cls_prob as float16")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="image-decoding processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from vilbert.features.boxes import images_in_folder, load_detector, read_coco_boxes
+    from vilbert.features.extract import extract_features
+
+    config = ExtractConfig(
+        image_size=args.image_size, batch_size=args.batch_size, min_boxes=args.min_boxes,
+        max_boxes=args.max_boxes, iou_threshold=args.nms_iou, score_threshold=args.score_threshold,
+        fp16_store=args.fp16_store, workers=args.workers,
+    )
+    detector = None
+    if args.boxes:
+        entries, source = read_coco_boxes(args.boxes, args.images), f"annotations:{args.boxes}"
+    else:
+        entries = images_in_folder(args.images)
+        source = "grid"
+        if args.detector:
+            detector, source = load_detector(args.detector), f"detector:{args.detector}"
+    report = extract_features(entries, args.out, config, boxes_source=source, detector=detector,
+                              progress=not args.no_progress)
+    print(
+        f"vilbert features: wrote {report.written} images ({report.images_per_second:.1f} images/s), "
+        f"skipped {report.skipped} already in {args.out}, {report.failed} failed"
+        + (f" (see {args.out}/{FAILURES_FILE})" if report.failed else "")
+    )
+    return 1 if report.failed and not report.written and not report.skipped else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.import_legacy:
+            from vilbert.features.legacy import import_legacy
+
+            written = import_legacy(args.import_legacy, args.out, fp16=args.fp16_store, progress=not args.no_progress)
+            print(f"vilbert features: imported {written} images from {args.import_legacy} into {args.out}")
+            return 0
+        return _run_extract(args)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
+        print(f"vilbert features: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Where regions come from: an annotation file, a multi-scale grid, or a detector.
+
+- COCO-style annotations (`--boxes FILE`): `{"images": [{id, file_name, width, height}],
+  "annotations": [{image_id, bbox: [x, y, w, h], score?}]}`. These boxes are used as given (only
+  clipped to the image), in descending score order; no NMS and no count limits apply, because
+  whoever chose them (e.g. the generated world's proposals) already chose 10-36 on purpose.
+- A multi-scale grid (the default without boxes): the whole image plus 2x2, 3x3 and 4x4 tilings
+  (30 boxes), capped at `max_boxes`.
+- A detector (`--detector module:function` or a `.onnx` file): it returns boxes and scores; we
+  apply NMS and keep boxes scoring >= `score_threshold`, at least `min_boxes` and at most
+  `max_boxes` (10 and 36 by default, as in the paper's bottom-up features).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+@dataclass
+class ImageEntry:
+    """One image to extract: where it is and, if known, its boxes."""
+
+    image_id: str
+    path: Path
+    width: int | None = None
+    height: int | None = None
+    boxes: np.ndarray | None = None  # [N,4] float32 pixels x1y1x2y2, or None (grid/detector)
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def images_in_folder(folder: str | Path) -> list[ImageEntry]:
+    """Every image file directly under `folder`; the id is the file name without its suffix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    entries = [ImageEntry(p.stem, p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    seen: dict[str, Path] = {}
+    for entry in entries:
+        if entry.image_id in seen:
+            raise ValueError(f"two images share the id {entry.image_id!r}: {seen[entry.image_id]} and {entry.path}")
+        seen[entry.image_id] = entry.path
+    return entries
+
+
+def read_coco_boxes(path: str | Path, images_dir: str | Path) -> list[ImageEntry]:
+    """Images and their boxes from a COCO-style file, in the file's image order."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        images = data["images"]
+        annotations = data.get("annotations", [])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a COCO-style boxes file with 'images' and 'annotations' ({err})") from err
+    per_image: dict[str, list[tuple[float, list[float]]]] = {}
+    for ann in annotations:
+        image_id = str(ann["image_id"])
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if not (w > 0 and h > 0):
+            raise ValueError(f"{path}: annotation {ann.get('id')} of image {image_id} has an empty bbox {ann['bbox']}")
+        per_image.setdefault(image_id, []).append((float(ann.get("score", 1.0)), [x, y, x + w, y + h]))
+    entries = []
+    for image in images:
+        image_id = str(image["id"])
+        boxes = per_image.pop(image_id, [])
+        if not boxes:
+            raise ValueError(f"{path}: image {image_id} ({image.get('file_name')}) has no boxes")
+        boxes.sort(key=lambda item: -item[0])  # stable: ties keep the file's order
+        entries.append(ImageEntry(
+            image_id, Path(images_dir) / image["file_name"], image.get("width"), image.get("height"),
+            np.array([b for _, b in boxes], dtype=np.float32), np.array([s for s, _ in boxes], dtype=np.float32),
+        ))
+    if per_image:
+        raise ValueError(f"{path}: annotations name images not listed in 'images': {sorted(per_image)[:5]}")
+    return entries
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip [N,4] x1y1x2y2 boxes to the image."""
+    out = np.asarray(boxes, dtype=np.float32).copy()
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def grid_boxes(width: int, height: int, levels: tuple[int, ...] = (1, 2, 3, 4)) -> np.ndarray:
+    """A multi-scale grid: for each level k, the image tiled k x k (coarse levels first)."""
+    boxes = []
+    for k in levels:
+        xs = np.linspace(0, width, k + 1)
+        ys = np.linspace(0, height, k + 1)
+        boxes += [[xs[i], ys[j], xs[i + 1], ys[j + 1]] for j in range(k) for i in range(k)]
+    return np.array(boxes, dtype=np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of [N,4] and [M,4] x1y1x2y2 boxes -> [N,M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clip(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(min=0).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes, best first."""
+    order = np.argsort(-scores, kind="stable")
+    iou = box_iou(boxes, boxes)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > iou_threshold
+    return np.array(keep, dtype=np.int64)
+
+
+def select_boxes(
+    boxes: np.ndarray, scores: np.ndarray, min_boxes: int = 10, max_boxes: int = 36,
+    iou_threshold: float = 0.3, score_threshold: float = 0.2,
+) -> np.ndarray:
+    """Indices of the boxes to keep: NMS, then scores >= threshold, padded up to `min_boxes` with
+    the best remaining NMS survivors (then the best suppressed boxes), capped at `max_boxes`."""
+    if min_boxes > max_boxes:
+        raise ValueError(f"min_boxes {min_boxes} > max_boxes {max_boxes}")
+    kept = nms(boxes, scores, iou_threshold)
+    confident = [i for i in kept if scores[i] >= score_threshold]
+    if len(confident) < min_boxes:
+        kept_set = set(kept.tolist())
+        rest = [i for i in kept if scores[i] < score_threshold]
+        rest += [i for i in np.argsort(-scores, kind="stable") if i not in kept_set]
+        confident += rest[: min_boxes - len(confident)]
+    return np.array(confident[:max_boxes], dtype=np.int64)
+
+
+class Detector(Protocol):
+    """A region proposer: RGB image [H,W,3] uint8 -> (boxes [N,4] pixels x1y1x2y2, scores [N])."""
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class OnnxDetector:
+    """Runs an ONNX model with onnxruntime.
+
+    Contract: one input, float32 [1,3,H,W] RGB in [0,1]; the first two outputs are boxes [N,4]
+    (or [1,N,4]) in input pixels x1y1x2y2 and scores [N] (or [1,N]).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError("ONNX detectors need onnxruntime: pip install onnxruntime") from err
+        self.path = Path(path)
+        self._session = self._make_session()  # fail early on a bad file, in the parent
+
+    def _make_session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        if len(session.get_outputs()) < 2:
+            raise ValueError(f"ONNX detector {self.path} must have two outputs (boxes, scores)")
+        return session
+
+    def __getstate__(self) -> dict:
+        # Sessions do not pickle; a DataLoader worker builds its own.
+        return {"path": self.path, "_session": None}
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._session is None:
+            self._session = self._make_session()
+        session = self._session
+        pixels = np.ascontiguousarray((image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])  # [1,3,H,W]
+        boxes, scores = session.run(None, {session.get_inputs()[0].name: pixels})[:2]
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1)
+
+
+def load_detector(spec: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A detector from "package.module:function" or a path to a .onnx file."""
+    if spec.endswith(".onnx"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"ONNX detector {spec} does not exist")
+        return OnnxDetector(spec)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"detector {spec!r} must be 'module:function' or a path ending in .onnx")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load detector {spec!r}: {err}") from err
+    if not callable(target):
+        raise ValueError(f"detector {spec!r} is not callable")
+    return target
+
+
+def check_detections(spec: str, image_id: str, boxes: np.ndarray, scores: np.ndarray) -> None:
+    """A detector's output must be boxes [N,4] and scores [N] with N >= 1."""
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],) or len(boxes) == 0:
+        raise ValueError(
+            f"detector {spec} returned boxes {boxes.shape} and scores {scores.shape} for image {image_id}; "
+            "expected [N,4] and [N] with N >= 1"
+        )

@@ -1,0 +1,228 @@
+"""Images -> boxes -> backbone feature map -> RoIAlign -> one vector and one class distribution
+per region -> the feature store.
+
+Each image is resized (aspect kept) so its longer side is `image_size` and placed at the top-left
+of a fixed `image_size x image_size` canvas filled with the normalisation mean (zero after
+normalisation, like the network's own SAME padding). The canvas does not depend on the other
+images of the batch, so neither do an image's features.
+
+A region's vector is the mean of its RoIAlign bins on the final 1280-channel map (the input the
+ImageNet classifier expects); `cls_prob` is that classifier's softmax on the vector.
+
+Jobs resume: ids already in the store are skipped. An image that cannot be read is reported with
+its path, written to `STORE/failures.jsonl` (the failures of the latest run; a rerun retries
+them), and the job goes on. Each batch is committed in one
+LMDB transaction, so a killed job keeps every batch it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
+from vilbert.features.boxes import (
+    ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes,
+)
+from vilbert.features.roi_align import roi_align
+from vilbert.features.store import FeatureStoreWriter, ImageRegions
+
+FAILURES_FILE = "failures.jsonl"
+DetectorFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ExtractConfig:
+    backbone: str = "efficientnet-lite0"
+    image_size: int = 384  # canvas side; the longer image side is resized to it (multiple of 32)
+    batch_size: int = 8
+    min_boxes: int = 10  # grid/detector boxes only; annotation boxes are used as given
+    max_boxes: int = 36
+    iou_threshold: float = 0.3  # NMS on detector boxes
+    score_threshold: float = 0.2  # detector boxes kept above it (at least min_boxes)
+    grid_levels: tuple[int, ...] = (1, 2, 3, 4)
+    roi_output_size: int = 7
+    sampling_ratio: int = 2
+    fp16_store: bool = False
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(f"image_size {self.image_size} must be a positive multiple of 32 (the backbone's stride)")
+        if not 1 <= self.min_boxes <= self.max_boxes:
+            raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {self.min_boxes} and {self.max_boxes}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Prepared:
+    """One decoded image on its canvas, with boxes in original pixels."""
+
+    image_id: str
+    canvas: torch.Tensor  # [3,S,S] uint8
+    scale: tuple[float, float]  # canvas pixels per image pixel (x, y)
+    width: int
+    height: int
+    boxes: np.ndarray  # [N,4] float32
+
+
+@dataclass
+class Failure:
+    image_id: str
+    path: str
+    error: str
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes, chooses boxes and letterboxes; runs in DataLoader workers."""
+
+    def __init__(self, entries: Sequence[ImageEntry], config: ExtractConfig,
+                 detector: DetectorFn | None, detector_name: str) -> None:
+        self.entries = entries
+        self.config = config
+        self.detector = detector
+        self.detector_name = detector_name
+        self.fill = tuple(round(m * 255) for m in IMAGENET_MEAN)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Prepared | Failure:
+        entry = self.entries[index]
+        try:
+            return self._prepare(entry)
+        except Exception as err:  # noqa: BLE001 - any bad image is recorded, the job goes on
+            return Failure(entry.image_id, str(entry.path), f"{type(err).__name__}: {err}")
+
+    def _prepare(self, entry: ImageEntry) -> Prepared:
+        with Image.open(entry.path) as img:
+            img = img.convert("RGB")
+            img.load()
+        width, height = img.size
+        if entry.width is not None and (entry.width, entry.height) != (width, height):
+            raise ValueError(f"image is {width}x{height} but the boxes file says {entry.width}x{entry.height}")
+        boxes = self._boxes(entry, img, width, height)
+        side = self.config.image_size
+        scale = side / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        canvas = Image.new("RGB", (side, side), self.fill)
+        canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (0, 0))
+        pixels = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)  # [H,W,3] -> [3,S,S]
+        return Prepared(entry.image_id, pixels, (new_w / width, new_h / height), width, height, boxes)
+
+    def _boxes(self, entry: ImageEntry, img: Image.Image, width: int, height: int) -> np.ndarray:
+        cfg = self.config
+        if entry.boxes is not None:
+            return clip_boxes(entry.boxes, width, height)
+        if self.detector is None:
+            return grid_boxes(width, height, cfg.grid_levels)[: cfg.max_boxes]
+        boxes, scores = self.detector(np.asarray(img))
+        boxes, scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
+        check_detections(self.detector_name, entry.image_id, boxes, scores)
+        boxes = clip_boxes(boxes, width, height)
+        keep = select_boxes(boxes, scores, cfg.min_boxes, cfg.max_boxes, cfg.iou_threshold, cfg.score_threshold)
+        return boxes[keep]
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+@torch.inference_mode()
+def regions_for_batch(backbone: Backbone, items: Sequence[Prepared], config: ExtractConfig) -> list[ImageRegions]:
+    """Features and cls_prob of every region of a batch of prepared images."""
+    pixels = torch.stack([p.canvas for p in items]).float().div_(255.0)  # [B,3,S,S]
+    fmap = backbone(pixels)  # [B,1280,S/32,S/32]
+    spatial_scale = fmap.shape[-1] / config.image_size
+    canvas_boxes = [
+        torch.from_numpy(p.boxes * np.array([*p.scale, *p.scale], dtype=np.float32)) for p in items
+    ]
+    size = config.roi_output_size
+    pooled = roi_align(fmap, canvas_boxes, (size, size), spatial_scale, config.sampling_ratio)  # [K,C,P,P]
+    vectors = pooled.mean(dim=(2, 3))  # [K,C]
+    cls_prob = backbone.classify(vectors)  # [K,1000]
+    out, start = [], 0
+    for p in items:
+        n = len(p.boxes)
+        out.append(ImageRegions(
+            p.image_id, p.width, p.height, p.boxes.astype(np.float32),
+            vectors[start : start + n].float().numpy(), cls_prob[start : start + n].float().numpy(),
+        ))
+        start += n
+    return out
+
+
+def store_meta(backbone: Backbone, config: ExtractConfig, boxes_source: str) -> dict[str, Any]:
+    info = backbone.info
+    return {
+        "backbone": info.name,
+        "weights_sha256": info.weights_sha256,
+        "feature_dim": info.feature_dim,
+        "num_classes": info.num_classes,
+        "dtype": "float16" if config.fp16_store else "float32",
+        "image_size": config.image_size,
+        "stride": info.stride,
+        "boxes": boxes_source,
+        "extract": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "workers", "fp16_store")},
+    }
+
+
+@dataclass
+class ExtractReport:
+    written: int
+    skipped: int
+    failed: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def extract_features(
+    entries: Sequence[ImageEntry],
+    out: str | Path,
+    config: ExtractConfig | None = None,
+    *,
+    boxes_source: str = "grid",
+    detector: DetectorFn | None = None,
+    backbone: Backbone | None = None,
+    progress: bool = True,
+) -> ExtractReport:
+    """Extract every entry not yet in the store at `out`; see the module docstring."""
+    config = config or ExtractConfig()
+    backbone = backbone or load_backbone(config.backbone)
+    out = Path(out)
+    with FeatureStoreWriter(out, store_meta(backbone, config, boxes_source)) as writer:
+        done = writer.existing_ids()
+        todo = [e for e in entries if e.image_id not in done]
+        dataset = _ImageDataset(todo, config, detector, boxes_source)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list,
+        )
+        written = failed = 0
+        start = time.perf_counter()
+        with open(out / FAILURES_FILE, "w") as failures, tqdm(
+            total=len(todo), unit="img", desc=f"features -> {out.name}", disable=not progress
+        ) as bar:
+            for batch in loader:
+                good = [p for p in batch if isinstance(p, Prepared)]
+                for bad in (p for p in batch if isinstance(p, Failure)):
+                    tqdm.write(f"vilbert features: skipping {bad.path}: {bad.error}", file=sys.stderr)
+                    failures.write(json.dumps(asdict(bad)) + "\n")
+                    failures.flush()
+                    failed += 1
+                if good:
+                    written += writer.put_many(regions_for_batch(backbone, good, config))
+                bar.update(len(batch))
+        return ExtractReport(written, len(entries) - len(todo), failed, time.perf_counter() - start)

@@ -1,0 +1,277 @@
+"""The region feature store: one LMDB record per image, found by id in O(1), no pickle.
+
+Layout (LMDB directory, `data.mdb` + `lock.mdb`):
+    b"__meta__"        JSON: format, version, backbone, feature_dim, num_classes, dtype, ...
+    b"img/" + id       one record: a 32-byte header, then raw little-endian arrays
+                       boxes [N,4] float32 | features [N,D] dtype | cls_prob [N,C] dtype (if C > 0)
+Header: magic b"VRG1", width, height, N, D, C (uint32), dtype code (uint8: 0 float32, 1 float16).
+
+Records are read with `numpy.frombuffer`; a whole batch is read in one read transaction
+(`get_many`). Writes go in transactions of whole images, so a killed job keeps every image it
+committed and never leaves a half-written record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import lmdb
+import numpy as np
+
+FORMAT = "vilbert-regions"
+VERSION = 1
+META_KEY = b"__meta__"
+IMAGE_PREFIX = b"img/"
+_HEADER = struct.Struct("<4sIIIIIB7x")  # 32 bytes, keeps the arrays 4-byte aligned
+_MAGIC = b"VRG1"
+_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
+_DTYPE_CODES = {"float32": 0, "float16": 1}
+_MAP_SIZE = 1 << 40  # virtual address space only; the file grows with its content
+
+
+@dataclass
+class ImageRegions:
+    """The regions of one image, as stored."""
+
+    image_id: str
+    width: int
+    height: int
+    boxes: np.ndarray  # [N,4] float32, pixels x1,y1,x2,y2
+    features: np.ndarray  # [N,D] float32
+    cls_prob: np.ndarray | None = None  # [N,C] float32, the backbone's class distribution per region
+
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.shape != (n, 4) or self.features.ndim != 2 or self.features.shape[0] != n:
+            raise ValueError(
+                f"image {self.image_id!r}: boxes {self.boxes.shape} and features {self.features.shape} "
+                "must be [N,4] and [N,D]"
+            )
+        if self.cls_prob is not None and (self.cls_prob.ndim != 2 or self.cls_prob.shape[0] != n):
+            raise ValueError(f"image {self.image_id!r}: cls_prob {self.cls_prob.shape} must be [{n},C]")
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class MissingImageError(KeyError):
+    """An image id the store does not hold (a KeyError whose message reads well)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def encode_record(regions: ImageRegions, dtype: str = "float32") -> bytes:
+    """Serialise one image's regions (see the module docstring for the layout)."""
+    code = _DTYPE_CODES[dtype]
+    np_dtype = _DTYPES[code]
+    num_classes = 0 if regions.cls_prob is None else int(regions.cls_prob.shape[1])
+    header = _HEADER.pack(
+        _MAGIC, int(regions.width), int(regions.height), regions.num_boxes, int(regions.features.shape[1]),
+        num_classes, code,
+    )
+    parts = [header, np.ascontiguousarray(regions.boxes, dtype="<f4").tobytes()]
+    parts.append(np.ascontiguousarray(regions.features, dtype=np_dtype).tobytes())
+    if regions.cls_prob is not None:
+        parts.append(np.ascontiguousarray(regions.cls_prob, dtype=np_dtype).tobytes())
+    return b"".join(parts)
+
+
+def decode_record(image_id: str, data: bytes, source: str = "<record>") -> ImageRegions:
+    """Parse one record; float16 arrays come back as float32."""
+    if len(data) < _HEADER.size:
+        raise ValueError(f"{source}: record for image {image_id!r} is truncated ({len(data)} bytes)")
+    magic, width, height, n, d, c, code = _HEADER.unpack_from(data)
+    if magic != _MAGIC or code not in _DTYPES:
+        raise ValueError(f"{source}: record for image {image_id!r} is not a vilbert region record")
+    dtype = _DTYPES[code]
+    expected = _HEADER.size + n * 16 + n * (d + c) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"{source}: record for image {image_id!r} has {len(data)} bytes, expected {expected}")
+    offset = _HEADER.size
+    boxes = np.frombuffer(data, "<f4", n * 4, offset).reshape(n, 4).copy()
+    offset += n * 16
+    features = np.frombuffer(data, dtype, n * d, offset).reshape(n, d).astype(np.float32)
+    offset += n * d * dtype.itemsize
+    cls_prob = np.frombuffer(data, dtype, n * c, offset).reshape(n, c).astype(np.float32) if c else None
+    return ImageRegions(image_id, int(width), int(height), boxes, features, cls_prob)
+
+
+def _image_key(image_id: str) -> bytes:
+    return IMAGE_PREFIX + str(image_id).encode("utf-8")
+
+
+class FeatureStore:
+    """Read-only access to a region feature store.
+
+    `store[image_id] -> ImageRegions`, `image_id in store`, `len(store)`, `store.ids()`,
+    `store.meta`, and `store.get_many(ids)` for model-ready padded tensors. The LMDB environment
+    is opened lazily and reopened after a fork, so a store can be handed to DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not (self.path / "data.mdb").is_file():
+            raise FileNotFoundError(f"no feature store at {self.path} (expected {self.path / 'data.mdb'})")
+        self._env: lmdb.Environment | None = None
+        self._pid = -1
+        self.meta: dict[str, Any] = self._read_meta()
+
+    def _environment(self) -> lmdb.Environment:
+        if self._env is None or self._pid != os.getpid():
+            # lock=False: readers never write; readahead=False: access is random.
+            self._env = lmdb.open(
+                str(self.path), readonly=True, lock=False, readahead=False, max_readers=512, subdir=True
+            )
+            self._pid = os.getpid()
+        return self._env
+
+    def _read_meta(self) -> dict[str, Any]:
+        with self._environment().begin() as txn:
+            raw = txn.get(META_KEY)
+        if raw is None:
+            raise ValueError(f"{self.path} is an LMDB without vilbert region metadata (key {META_KEY!r})")
+        meta = json.loads(raw)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        return meta
+
+    def __len__(self) -> int:
+        return int(self._environment().stat()["entries"]) - 1  # every entry but the metadata
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._environment().begin() as txn:
+            return txn.get(_image_key(str(image_id))) is not None
+
+    def ids(self) -> list[str]:
+        """All image ids, in key order."""
+        out = []
+        with self._environment().begin() as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(IMAGE_PREFIX):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(IMAGE_PREFIX):
+                        break
+                    out.append(key[len(IMAGE_PREFIX):].decode("utf-8"))
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def _missing(self, image_id: str) -> MissingImageError:
+        first = ", ".join(self.ids()[:5])
+        return MissingImageError(
+            f"image {image_id!r} has no features in store {self.path} ({len(self)} images; first ids: {first})"
+        )
+
+    def _get(self, txn: lmdb.Transaction, image_id: str) -> ImageRegions:
+        raw = txn.get(_image_key(image_id))
+        if raw is None:
+            raise self._missing(image_id)
+        return decode_record(image_id, raw, str(self.path))
+
+    def __getitem__(self, image_id: str | int) -> ImageRegions:
+        with self._environment().begin() as txn:
+            return self._get(txn, str(image_id))
+
+    def get_regions(self, ids: Iterable[str | int]) -> list[ImageRegions]:
+        """Several images' regions in one read transaction."""
+        with self._environment().begin() as txn:
+            return [self._get(txn, str(i)) for i in ids]
+
+    def get_many(self, ids: Iterable[str | int], max_regions: int | None = None):
+        """Model-ready padded tensors for `ids`: a `RegionBatch` (features [B,R,D] with the [IMG]
+        row first, locations [B,R,5], mask [B,R], cls_prob [B,R,C] or None)."""
+        from vilbert.data.regions import collate_regions
+
+        return collate_regions(self.get_regions(ids), max_regions=max_regions)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, images={len(self)}, backbone={self.meta.get('backbone')!r})"
+
+
+# Metadata keys that must agree when a job appends to an existing store.
+_COMPATIBLE_KEYS = ("backbone", "feature_dim", "num_classes", "dtype")
+
+
+class FeatureStoreWriter:
+    """Create or append to a store. `put_many` commits whole images in one transaction."""
+
+    def __init__(self, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+        if meta.get("dtype", "float32") not in _DTYPE_CODES:
+            raise ValueError(f"store dtype {meta.get('dtype')!r} is not one of {sorted(_DTYPE_CODES)}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(self.path), map_size=_MAP_SIZE, subdir=True, readahead=False)
+        self.meta = {"format": FORMAT, "version": VERSION, "dtype": "float32", **meta}
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(META_KEY)
+            if raw is not None:
+                self._check_compatible(json.loads(raw))
+            else:
+                txn.put(META_KEY, json.dumps(self.meta).encode("utf-8"))
+
+    def _check_compatible(self, existing: dict[str, Any]) -> None:
+        for key in _COMPATIBLE_KEYS:
+            if key in self.meta and existing.get(key) != self.meta[key]:
+                raise ValueError(
+                    f"store {self.path} holds {key}={existing.get(key)!r} but this job writes "
+                    f"{key}={self.meta[key]!r}; use another --out or the same settings"
+                )
+        self.meta = existing
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._env.begin() as txn:
+            return txn.get(_image_key(str(image_id))) is not None
+
+    def existing_ids(self) -> set[str]:
+        with self._env.begin() as txn:
+            cursor = txn.cursor()
+            out: set[str] = set()
+            if cursor.set_range(IMAGE_PREFIX):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(IMAGE_PREFIX):
+                        break
+                    out.add(key[len(IMAGE_PREFIX):].decode("utf-8"))
+        return out
+
+    def put_many(self, regions: Iterable[ImageRegions]) -> int:
+        """Write images (replacing any with the same id) in one transaction; returns the count."""
+        dtype = self.meta["dtype"]
+        records = [(_image_key(r.image_id), encode_record(r, dtype)) for r in regions]
+        self._check_dims(records)
+        with self._env.begin(write=True) as txn:
+            for key, value in records:
+                txn.put(key, value)
+        return len(records)
+
+    def _check_dims(self, records: list[tuple[bytes, bytes]]) -> None:
+        want_d, want_c = self.meta.get("feature_dim"), self.meta.get("num_classes")
+        for key, value in records:
+            _, _, _, _, d, c, _ = _HEADER.unpack_from(value)
+            if (want_d is not None and d != want_d) or (want_c is not None and c != want_c):
+                raise ValueError(
+                    f"image {key[len(IMAGE_PREFIX):].decode()!r} has feature dim {d} and {c} classes; "
+                    f"store {self.path} expects {want_d} and {want_c}"
+                )
+
+    def close(self) -> None:
+        self._env.sync()
+        self._env.close()
+
+    def __enter__(self) -> "FeatureStoreWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
