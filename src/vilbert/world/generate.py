@@ -1,0 +1,321 @@
+"""`generate_world`: images and annotations of the generated world, in the real datasets' formats.
+
+Layout (docs/ARCHITECTURE.md "Generated world"): world.json, images/<id>.png, proposals.json,
+captions/<split>.tsv, vqa/, refcoco+/, flickr30k/, vcr/, and scenes.jsonl (the ground truth:
+scenes and the programs behind every question and expression, for tests and analysis).
+
+Each image is made from its own generators seeded by (seed, image_id, stream), so a parallel run
+writes the same bytes as a serial one, and a resumed run skips images already on disk without
+changing anything else. Every file is written atomically; world.json comes last and marks a
+finished world.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from vilbert.io.atomic import atomic_path, write_json
+from vilbert.world.language import captions, program_text, referring_program, tokenize
+from vilbert.world.proposals import proposals
+from vilbert.world.questions import annotator_answers, vcr_item, vqa_questions
+from vilbert.world.render import encode_png, render_scene
+from vilbert.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene, sample_scene
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+FORMAT_VERSION = 1
+# Streams of randomness per image: resuming skips rendering without shifting the others.
+_SCENE, _RENDER, _PROPOSALS, _LANGUAGE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that determines the bytes of a world."""
+
+    num_images: int = 2000
+    seed: int = 0
+    image_size: int = 224
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    captions_per_image: int = 3  # Conceptual-Captions-style pairs per image
+    retrieval_captions: int = 5  # Flickr30k has 5 per image
+    questions_per_family: int = 2
+    refs_per_image: int = 3
+    sentences_per_ref: int = 2
+
+    def check(self) -> None:
+        if self.num_images < 3:
+            raise ValueError(f"num_images={self.num_images}: need at least 3 (one per split)")
+        if not 64 <= self.image_size <= 1024:
+            raise ValueError(f"image_size={self.image_size}: expected 64..1024 pixels")
+        test = 1.0 - self.train_fraction - self.val_fraction
+        if min(self.train_fraction, self.val_fraction, test) <= 0:
+            raise ValueError(f"split fractions train={self.train_fraction} val={self.val_fraction} "
+                             f"leave test={test:.3f}: each split needs a positive share")
+
+
+def split_ids(config: WorldConfig) -> dict[str, list[int]]:
+    """Disjoint, sorted image ids per split (ids are 1..num_images, shuffled by the seed)."""
+    ids = np.random.default_rng([config.seed, 7919]).permutation(config.num_images) + 1
+    n_train = max(1, int(round(config.train_fraction * config.num_images)))
+    n_val = max(1, int(round(config.val_fraction * config.num_images)))
+    n_train = min(n_train, config.num_images - 2)
+    parts = (ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])
+    return {name: sorted(int(i) for i in part) for name, part in zip(SPLITS, parts)}
+
+
+def _rng(config: WorldConfig, image_id: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, image_id, stream])
+
+
+def make_scene(config: WorldConfig, image_id: int) -> Scene:
+    return sample_scene(_rng(config, image_id, _SCENE), image_id, config.image_size)
+
+
+def _make_image(job: tuple[WorldConfig, str, int, str]) -> dict[str, Any]:
+    """Everything about one image, as compact plain data (the PNG is written here)."""
+    config, out_dir, image_id, split = job
+    scene = make_scene(config, image_id)
+    png = Path(out_dir) / "images" / f"{image_id}.png"
+    if not png.exists():
+        data = encode_png(render_scene(scene, _rng(config, image_id, _RENDER)))
+        with atomic_path(png) as tmp:
+            tmp.write_bytes(data)
+    rng = _rng(config, image_id, _LANGUAGE)
+    record: dict[str, Any] = {"image_id": image_id, "split": split, "scene": scene.to_dict()}
+    record["proposals"] = proposals(scene, _rng(config, image_id, _PROPOSALS))
+    record["captions"] = captions(scene, rng, config.captions_per_image)
+    record["retrieval"] = captions(scene, rng, config.retrieval_captions)
+    record["questions"] = [
+        {"question_id": image_id * 100 + k, "family": q.family, "question": q.question, "answer": q.answer,
+         "answers": annotator_answers(q.answer, rng), "question_type": q.question_type,
+         "answer_type": q.answer_type, "program": q.program}
+        for k, q in enumerate(vqa_questions(scene, rng, config.questions_per_family))
+    ]
+    record["refs"] = _refs(scene, rng, config)
+    record["vcr"] = vcr_item(scene, rng)
+    return record
+
+
+def _refs(scene: Scene, rng: np.random.Generator, config: WorldConfig) -> list[dict]:
+    refs = []
+    for index in [int(i) for i in rng.permutation(len(scene.objects))][: config.refs_per_image]:
+        program = referring_program(scene, index, rng)
+        if program is None:
+            continue
+        texts: list[str] = []
+        for _ in range(config.sentences_per_ref * 3):
+            text = program_text(program, rng)
+            if text not in texts:
+                texts.append(text)
+            if len(texts) == config.sentences_per_ref:
+                break
+        refs.append({"object": index, "program": program, "sentences": texts})
+    return refs
+
+
+# ------------------------------------------------------------------------------------ writers
+
+
+def _stream_json(path: Path, head: dict, key: str, items: Iterable[Any]) -> None:
+    """Write {**head, key: [items...]} without holding the whole text in memory."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": [")
+        for k, item in enumerate(items):
+            f.write((", " if k else "") + json.dumps(item))
+        f.write("]}\n")
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def _by_split(records: list[dict], split: str) -> Iterator[dict]:
+    return (r for r in records if r["split"] == split)
+
+
+def _write_proposals(out: Path, records: list[dict], size: int) -> None:
+    images = [{"id": r["image_id"], "file_name": f"{r['image_id']}.png", "width": size, "height": size}
+              for r in records]
+
+    def annotations() -> Iterator[dict]:
+        for r in records:
+            for k, (x1, y1, x2, y2, score) in enumerate(r["proposals"]):
+                bbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+                yield {"id": r["image_id"] * 100 + k, "image_id": r["image_id"], "bbox": bbox, "score": score,
+                       "category_id": 1}
+
+    head = {"info": {"description": "vilbert generated world: region proposals"}, "images": images,
+            "categories": [{"id": 1, "name": "region"}]}
+    _stream_json(out / "proposals.json", head, "annotations", annotations())
+
+
+def _write_vqa(out: Path, records: list[dict], split: str) -> None:
+    common = {"info": {"description": "vilbert generated world, VQA v2 format"}, "license": {},
+              "data_subtype": split, "data_type": "world"}
+    qs = ({"image_id": r["image_id"], "question": q["question"], "question_id": q["question_id"]}
+          for r in _by_split(records, split) for q in r["questions"])
+    _stream_json(out / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json",
+                 {**common, "task_type": "Open-Ended"}, "questions", qs)
+
+    def annotations() -> Iterator[dict]:
+        for r in _by_split(records, split):
+            for q in r["questions"]:
+                answers = [{"answer": a, "answer_confidence": "yes" if a == q["answer"] else "maybe",
+                            "answer_id": k + 1} for k, a in enumerate(q["answers"])]
+                yield {"question_type": q["question_type"], "multiple_choice_answer": q["answer"],
+                       "answers": answers, "image_id": r["image_id"], "answer_type": q["answer_type"],
+                       "question_id": q["question_id"]}
+
+    _stream_json(out / "vqa" / f"v2_mscoco_{split}_annotations.json", common, "annotations", annotations())
+
+
+def _write_refer(out: Path, records: list[dict], size: int) -> None:
+    categories = [{"id": k + 1, "name": s, "supercategory": "shape"} for k, s in enumerate(SHAPES)]
+    images, annotations, refs = [], [], []
+    for r in records:
+        image_id = r["image_id"]
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": size, "height": size})
+        for k, obj in enumerate(r["scene"]["objects"]):
+            x1, y1, x2, y2 = obj["box"]
+            annotations.append({"id": image_id * 100 + k, "image_id": image_id, "category_id":
+                                SHAPES.index(obj["shape"]) + 1, "bbox": [x1, y1, round(x2 - x1, 2),
+                                round(y2 - y1, 2)], "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0})
+        for j, ref in enumerate(r["refs"]):
+            ref_id = image_id * 10 + j
+            sentences = [{"raw": t, "sent": t, "tokens": tokenize(t), "sent_id": ref_id * 10 + s}
+                         for s, t in enumerate(ref["sentences"])]
+            obj = r["scene"]["objects"][ref["object"]]
+            refs.append({"ref_id": ref_id, "ann_id": image_id * 100 + ref["object"], "image_id": image_id,
+                         "split": r["split"], "sentences": sentences, "sent_ids": [s["sent_id"] for s in sentences],
+                         "category_id": SHAPES.index(obj["shape"]) + 1, "file_name": f"{image_id}.png"})
+    instances = {"info": {"description": "vilbert generated world, COCO instances"}, "images": images,
+                 "annotations": annotations, "categories": categories}
+    with atomic_path(out / "refcoco+" / "instances.json") as tmp:
+        tmp.write_text(json.dumps(instances) + "\n")
+    with atomic_path(out / "refcoco+" / "refs(unc).p") as tmp:
+        # A JSON round trip first: pickle's memo follows object identity, which differs between a
+        # serial and a parallel run; after it both pickle the same object graph, byte for byte.
+        tmp.write_bytes(pickle.dumps(json.loads(json.dumps(refs)), protocol=2))  # protocol 2: as refer's files
+
+
+def _write_vcr(out: Path, records: list[dict], split: str) -> None:
+    lines = []
+    for r in _by_split(records, split):
+        item = r["vcr"]
+        if item is None:
+            continue
+        image_id = r["image_id"]
+        meta = {"boxes": [o["box"] + [1.0] for o in r["scene"]["objects"]], "names": item["objects"],
+                "width": r["scene"]["width"], "height": r["scene"]["height"]}
+        with atomic_path(out / "vcr" / "metadata" / f"{image_id}.json") as tmp:
+            tmp.write_text(json.dumps(meta) + "\n")
+        row = {k: v for k, v in item.items() if k != "program"}
+        row.update(img_fn=f"{image_id}.png", metadata_fn=f"metadata/{image_id}.json",
+                   annot_id=f"{split}-{image_id}", img_id=f"{split}-{image_id}", movie="world")
+        lines.append(json.dumps(row))
+    _write_lines(out / "vcr" / f"{split}.jsonl", lines)
+
+
+def _write_all(out: Path, records: list[dict], config: WorldConfig) -> None:
+    size = config.image_size
+    _write_proposals(out, records, size)
+    _write_refer(out, records, size)
+    for split in SPLITS:
+        part = list(_by_split(records, split))
+        _write_lines(out / "captions" / f"{split}.tsv",
+                     (f"{c}\t{r['image_id']}" for r in part for c in r["captions"]))
+        _write_lines(out / "flickr30k" / f"{split}.jsonl",
+                     (json.dumps({"id": r["image_id"], "img_path": f"{r['image_id']}.png", "sentences": r["retrieval"]})
+                      for r in part))
+        _write_vqa(out, records, split)
+        _write_vcr(out, records, split)
+    _write_lines(out / "scenes.jsonl", (json.dumps(_ground_truth(r)) for r in records))
+
+
+def _ground_truth(r: dict) -> dict:
+    return {"image_id": r["image_id"], "split": r["split"], "scene": r["scene"],
+            "questions": [{"question_id": q["question_id"], "family": q["family"], "program": q["program"]}
+                          for q in r["questions"]],
+            "refs": [{"ref_id": r["image_id"] * 10 + j, "object": ref["object"], "program": ref["program"]}
+                     for j, ref in enumerate(r["refs"])],
+            "vcr": None if r["vcr"] is None else r["vcr"]["program"]}
+
+
+# ------------------------------------------------------------------------------------- driver
+
+
+def _world_json(config: WorldConfig, splits: dict[str, list[int]]) -> dict:
+    return {"format_version": FORMAT_VERSION, "config": asdict(config),
+            "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES),
+                           "relations": list(RELATIONS) + ["nearest"]},
+            "splits": splits}
+
+
+def generate_world(out_dir: str | os.PathLike[str], num_images: int = 2000, seed: int = 0, *,
+                   workers: int = 1, image_size: int = 224, train_fraction: float = 0.8,
+                   val_fraction: float = 0.1, progress: bool = True, **options: int) -> Path:
+    """Generate (or finish, or reuse) a world in `out_dir`; returns the path of its world.json.
+
+    Rerunning with the same arguments reuses what exists (a finished world returns at once;
+    images already drawn are kept). A directory holding a world made with other arguments is
+    refused rather than mixed. `options` override other `WorldConfig` fields.
+    """
+    config = WorldConfig(num_images=num_images, seed=seed, image_size=image_size,
+                         train_fraction=train_fraction, val_fraction=val_fraction, **options)
+    config.check()
+    out = Path(out_dir)
+    splits = split_ids(config)
+    manifest = _world_json(config, splits)
+    _claim(out, manifest)
+    if (out / "world.json").exists() and json.loads((out / "world.json").read_text()) == manifest:
+        return out / "world.json"
+    split_of = {i: s for s, ids in splits.items() for i in ids}
+    jobs = [(config, str(out), i, split_of[i]) for i in range(1, num_images + 1)]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = _run(jobs, workers, progress)
+    _write_all(out, records, config)
+    write_json(out / "world.json", manifest)
+    return out / "world.json"
+
+
+def _claim(out: Path, manifest: dict) -> None:
+    """Refuse a directory that holds (part of) a world made with other settings."""
+    marker = out / ".world-config.json"
+    if marker.exists():
+        previous = json.loads(marker.read_text())
+        if previous != manifest["config"]:
+            changed = sorted(k for k in manifest["config"] if previous.get(k) != manifest["config"][k])
+            raise FileExistsError(f"{out} holds a world generated with other settings (differs in: "
+                                  f"{', '.join(changed)}); choose another --out or delete it")
+    else:
+        write_json(marker, manifest["config"])
+
+
+def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
+    bar = tqdm(total=len(jobs), desc="world", unit="img", disable=not progress)
+    records: list[dict] = []
+    if workers <= 1:
+        for job in jobs:
+            records.append(_make_image(job))
+            bar.update()
+    else:
+        # fork is cheapest where it exists; results come back in job order either way.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with ctx.Pool(workers) as pool:
+            for record in pool.imap(_make_image, jobs, chunksize=32):
+                records.append(record)
+                bar.update()
+    bar.close()
+    return records
