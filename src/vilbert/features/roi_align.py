@@ -60,9 +60,10 @@ def roi_align(
     if k_max == 0:
         return features.new_zeros((0, channels, ph, pw))
     # Pad every image's boxes to k_max so one grid_sample call serves the whole batch.
-    padded = features.new_zeros((len(boxes), k_max, 4), dtype=torch.float32)
+    coord_dtype = torch.promote_types(features.dtype, torch.float32)  # no half-precision coordinates
+    padded = features.new_zeros((len(boxes), k_max, 4), dtype=coord_dtype)
     for b, bx in enumerate(boxes):
-        padded[b, : counts[b]] = bx.to(torch.float32)
+        padded[b, : counts[b]] = bx.to(coord_dtype)
     xs, ys = _sample_grid(padded.view(-1, 4), output_size, spatial_scale, sampling_ratio)
     sx, sy = xs.shape[1], ys.shape[1]
     xs = xs.view(len(boxes), k_max, 1, sx).expand(-1, -1, sy, -1)  # [B,K,SY,SX]

@@ -103,6 +103,32 @@ def decode_record(image_id: str, data: bytes, source: str = "<record>") -> Image
     return ImageRegions(image_id, int(width), int(height), boxes, features, cls_prob)
 
 
+# One read-only environment per store path and process. py-lmdb refuses to open the same files
+# twice in one process, so every FeatureStore of a path shares this handle; after a fork the
+# child closes its inherited copy (LMDB handles must not cross fork) and opens its own.
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+
+
+def _shared_env(path: Path) -> lmdb.Environment:
+    key = str(path.resolve())
+    entry = _ENVS.get(key)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
+    if entry is not None:
+        # Without a lock file (lock=False), closing the child's copy only unmaps child memory.
+        entry[1].close()
+    # lock=False: readers never write; readahead=False: access is random.
+    env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_readers=512, subdir=True)
+    _ENVS[key] = (os.getpid(), env)
+    return env
+
+
+def _close_shared(path: Path) -> None:
+    entry = _ENVS.pop(str(path.resolve()), None)
+    if entry is not None:
+        entry[1].close()
+
+
 def _image_key(image_id: str) -> bytes:
     return IMAGE_PREFIX + str(image_id).encode("utf-8")
 
@@ -119,18 +145,10 @@ class FeatureStore:
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
             raise FileNotFoundError(f"no feature store at {self.path} (expected {self.path / 'data.mdb'})")
-        self._env: lmdb.Environment | None = None
-        self._pid = -1
         self.meta: dict[str, Any] = self._read_meta()
 
     def _environment(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
-            # lock=False: readers never write; readahead=False: access is random.
-            self._env = lmdb.open(
-                str(self.path), readonly=True, lock=False, readahead=False, max_readers=512, subdir=True
-            )
-            self._pid = os.getpid()
-        return self._env
+        return _shared_env(self.path)
 
     def _read_meta(self) -> dict[str, Any]:
         with self._environment().begin() as txn:
@@ -193,9 +211,9 @@ class FeatureStore:
         return collate_regions(self.get_regions(ids), max_regions=max_regions)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        """Close this process's handle on the store (shared by every FeatureStore of this path;
+        the next read reopens it)."""
+        _close_shared(self.path)
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, images={len(self)}, backbone={self.meta.get('backbone')!r})"
@@ -213,6 +231,7 @@ class FeatureStoreWriter:
             raise ValueError(f"store dtype {meta.get('dtype')!r} is not one of {sorted(_DTYPE_CODES)}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        _close_shared(self.path)  # a reader's handle in this process would block the open
         self._env = lmdb.open(str(self.path), map_size=_MAP_SIZE, subdir=True, readahead=False)
         self.meta = {"format": FORMAT, "version": VERSION, "dtype": "float32", **meta}
         with self._env.begin(write=True) as txn:
