@@ -1,0 +1,103 @@
+"""VCR in jsonlines: question, answer_choices, answer_label, rationale_choices, rationale_label, objects.
+
+As in the real VCR files, question/answer/rationale texts are token lists in which a token may be a
+list of object indices: `[0]` stands for `objects[0]` (`[0, 2]` for two of them). Plain strings are
+accepted too (tokenised on spaces). Boxes live in the per-image `metadata_fn` JSON
+({"boxes": [[x1, y1, x2, y2, score], ...], ...}), read by `load_metadata`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from vilbert.data.readers.common import FormatError, image_id_from_path, iter_jsonl, load_json, require
+
+Token = Union[str, tuple[int, ...]]
+_FIELDS = ("question", "answer_choices", "rationale_choices", "objects", "img_fn")
+
+
+@dataclass(frozen=True)
+class VCRExample:
+    annot_id: str
+    image_id: str  # stem of img_fn
+    img_fn: str
+    metadata_fn: str | None
+    objects: tuple[str, ...]
+    question: tuple[Token, ...]
+    answer_choices: tuple[tuple[Token, ...], ...]
+    rationale_choices: tuple[tuple[Token, ...], ...]
+    answer_label: int | None  # None on an unlabelled (test) file
+    rationale_label: int | None
+
+
+def _tokens(value: object, objects: int, path: os.PathLike[str] | str, where: str) -> tuple[Token, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if not isinstance(value, list):
+        raise FormatError(f"{path}: {where} must be a token list or a string, got {value!r:.80}")
+    out: list[Token] = []
+    for tok in value:
+        if isinstance(tok, str):
+            out.append(tok)
+        elif isinstance(tok, list) and tok and all(isinstance(i, int) and 0 <= i < objects for i in tok):
+            out.append(tuple(tok))
+        else:
+            raise FormatError(f"{path}: {where} has token {tok!r}: expected a word or a list of object "
+                              f"indices below {objects}")
+    return tuple(out)
+
+
+def read_vcr(path: str | os.PathLike[str]) -> list[VCRExample]:
+    out = []
+    for number, rec in iter_jsonl(path):
+        require(rec, _FIELDS, path, f"line {number}")
+        where = f"line {number} ({rec.get('annot_id', '?')})"
+        n = len(rec["objects"])
+        answers = tuple(_tokens(a, n, path, f"{where} answer") for a in rec["answer_choices"])
+        rationales = tuple(_tokens(r, n, path, f"{where} rationale") for r in rec["rationale_choices"])
+        labels = [rec.get("answer_label"), rec.get("rationale_label")]
+        for name, label, choices in zip(("answer_label", "rationale_label"), labels, (answers, rationales)):
+            if label is not None and not (isinstance(label, int) and 0 <= label < len(choices)):
+                raise FormatError(f"{path}: {where} has {name}={label!r} for {len(choices)} choices")
+        out.append(VCRExample(str(rec.get("annot_id", f"{Path(path).stem}-{number}")),
+                              image_id_from_path(rec["img_fn"]), rec["img_fn"], rec.get("metadata_fn"),
+                              tuple(rec["objects"]), _tokens(rec["question"], n, path, f"{where} question"),
+                              answers, rationales, labels[0], labels[1]))
+    return out
+
+
+def tokens_to_words(tokens: tuple[Token, ...], objects: tuple[str, ...]) -> tuple[list[str], list[int]]:
+    """Words with each object reference spelled as its name, and per word the object it names (-1 if none).
+
+    `[0, 2]` becomes "circle and square" (two objects named in one token).
+    """
+    words: list[str] = []
+    refs: list[int] = []
+    for tok in tokens:
+        if isinstance(tok, str):
+            words.append(tok)
+            refs.append(-1)
+            continue
+        for j, index in enumerate(tok):
+            if j:
+                words.append("and")
+                refs.append(-1)
+            words.append(objects[index])
+            refs.append(index)
+    return words, refs
+
+
+def load_metadata(vcr_path: str | os.PathLike[str], example: VCRExample) -> dict:
+    """The example's metadata JSON (boxes per object), resolved beside the jsonl file."""
+    if example.metadata_fn is None:
+        raise FormatError(f"{vcr_path}: {example.annot_id} has no metadata_fn")
+    meta_path = Path(vcr_path).parent / example.metadata_fn
+    meta = load_json(meta_path)
+    require(meta, ("boxes",), meta_path, "the top level")
+    if len(meta["boxes"]) < len(example.objects):
+        raise FormatError(f"{meta_path}: {len(meta['boxes'])} boxes for {len(example.objects)} objects "
+                          f"of {example.annot_id}")
+    return meta
