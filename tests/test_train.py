@@ -1,0 +1,178 @@
+"""The generic trainer on a toy task: schedule, no-decay groups, exact resume, logs, atomicity."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vilbert.train.checkpoint import latest_checkpoint
+from vilbert.train.config import TrainConfig
+from vilbert.train.distributed import StepBatchSampler, data_subset
+from vilbert.train.loop import train
+from vilbert.train.optim import build_optimizer, build_scheduler, param_groups
+from vilbert.train.toy import ToyModel, ToyTask
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(max_steps=8, batch_size=8, grad_accum=2, lr=1e-2, seed=3, progress=False, warmup_fraction=0.25)
+    return TrainConfig(**{**base, **kw})
+
+
+def _model(dropout: float = 0.1) -> ToyModel:
+    torch.manual_seed(0)
+    return ToyModel(dropout=dropout)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(out) / "model.safetensors"))
+
+
+def test_schedule_values():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps=20, warmup_fraction=0.1)
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.0, 0.5, 1.0, 17 / 18])
+    assert lrs[-1] == pytest.approx(1 / 18) and sched.get_last_lr()[0] == 0.0
+
+
+def test_no_decay_groups():
+    model = _model()
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["embed.weight", "out.weight", "region.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["norm.bias", "norm.weight", "out.bias", "region.bias"]
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    # tied weights appear once; frozen ones not at all
+    model.out.weight = model.region.weight  # shapes differ in use, but ties are about identity here
+    model.norm.weight.requires_grad_(False)
+    total = sum(len(g["params"]) for g in param_groups(model, 0.01))
+    assert total == len({id(p) for p in model.parameters() if p.requires_grad})
+    assert isinstance(build_optimizer(_model(), 1e-3, 0.01), torch.optim.AdamW)
+
+
+def test_step_batches_cover_the_epoch_and_do_not_depend_on_world_size():
+    one = list(StepBatchSampler(21, 8, 2, seed=5, epoch=1))
+    assert sorted(i for micro in one for i in micro) == list(range(21))
+    two = [list(StepBatchSampler(21, 8, 2, seed=5, epoch=1, rank=r, world_size=2)) for r in range(2)]
+    for m in range(len(one)):  # each micro-step's examples, split over the two ranks
+        assert two[0][m] + two[1][m] == one[m]
+    resumed = list(StepBatchSampler(21, 8, 2, seed=5, epoch=1, start_step=1))
+    assert resumed == one[2:]
+    assert list(StepBatchSampler(21, 8, 2, seed=5, epoch=2)) != one
+    assert set(data_subset(100, 0.25)) <= set(data_subset(100, 0.5)) and len(data_subset(100, 0.25)) == 25
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    # dropout on: the resumed run must also replay the random masks of the steps it redoes
+    full = train(_model(), ToyTask(size=21), _config(save_every=3, eval_every=4), tmp_path / "full", eval_splits=("val",))
+    assert full.finished and full.step == 8 and "mse" in full.metrics["val"]
+    half = train(_model(), ToyTask(size=21), _config(save_every=3, stop_after=5), tmp_path / "split")
+    assert not half.finished and half.step == 5
+    # stop_after 5 wrote a checkpoint at 5; pretend the run died after step 3 instead
+    ckpts = tmp_path / "split" / "checkpoints"
+    (ckpts / "latest").write_text("step_3\n")
+    import shutil
+    shutil.rmtree(ckpts / "step_5")
+    task = ToyTask(size=21)
+    resumed = train(_model(dropout=0.1), task, _config(save_every=3), tmp_path / "split", resume=True)
+    assert resumed.finished and resumed.step == 8
+    assert len(task.seen) == 21 + 16  # steps 4..8 only: epochs are 3 steps of 8, 8, 5 examples
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the logs read as one run: step 4 and 5 logged twice (killed run, resumed run) appear once
+    with open(tmp_path / "split" / "train_log.csv") as f:
+        steps = [int(float(r["step"])) for r in csv.DictReader(f)]
+    assert steps == list(range(1, 9))
+
+
+def test_logs_and_plot(tmp_path):
+    result = train(_model(), ToyTask(size=16), _config(max_steps=4, log_every=1), tmp_path, eval_splits=("val",))
+    with open(tmp_path / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "lr", "grad_norm", "abs_error"} <= set(rows[0])
+    assert float(rows[0]["lr"]) == 0.0 and float(rows[1]["lr"]) == pytest.approx(1e-2)
+    assert float(rows[-1]["loss"]) == pytest.approx(result.loss)
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert "val/mse" in (tmp_path / "eval_log.csv").read_text()
+
+
+def test_leftover_temp_dir_and_bad_latest_do_not_break_resume(tmp_path):
+    train(_model(), ToyTask(size=16), _config(max_steps=6, save_every=2, stop_after=4), tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    # a save killed half-way: a temp dir with a partial state, and `latest` already rewritten
+    partial = ckpts / ".tmp_step_6"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 10)
+    (ckpts / "latest").write_text("step_6\n")
+    assert latest_checkpoint(tmp_path).name == "step_4"
+    resumed = train(_model(), ToyTask(size=16), _config(max_steps=6, save_every=2), tmp_path, resume=True)
+    assert resumed.step == 6 and not partial.exists()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_4", "step_6"]  # keep_last=2
+    uninterrupted = train(_model(), ToyTask(size=16), _config(max_steps=6), tmp_path / "ref")
+    a, b = _weights(tmp_path), _weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_trajectory(tmp_path):
+    train(_model(), ToyTask(size=16), _config(max_steps=4, stop_after=2), tmp_path)
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 4"):
+        train(_model(), ToyTask(size=16), _config(max_steps=4, batch_size=4), tmp_path, resume=True)
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    # 21 examples: the last global batch (5) splits 4 + 1 or 2+2+1: uneven micro-batches
+    one = train(_model(0.0), ToyTask(size=21), _config(grad_accum=1, max_steps=3), tmp_path / "a")
+    three = train(_model(0.0), ToyTask(size=21), _config(grad_accum=3, max_steps=3), tmp_path / "b")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert one.loss == pytest.approx(three.loss, abs=1e-6)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=4, grad_accum=8)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['lr_max'\]"):
+        TrainConfig.from_dict({"lr_max": 1})
+    assert TrainConfig.from_dict(TrainConfig(betas=(0.8, 0.9)).to_dict()) == TrainConfig(betas=(0.8, 0.9))
+
+
+def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL in the middle of step 6 (after the step-4 checkpoint), then --resume."""
+    script = (
+        "import os, signal, sys, torch\n"
+        "from vilbert.train.config import TrainConfig\n"
+        "from vilbert.train.loop import train\n"
+        "from vilbert.train.toy import ToyModel, ToyTask\n"
+        "def hook(seen):  # 37 examples make steps 1-5; step 6's micro-batches hold 4 + 1\n"
+        "    if sys.argv[2] == 'kill' and seen >= 37 + 4:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.manual_seed(0)\n"
+        "cfg = TrainConfig(max_steps=8, batch_size=8, grad_accum=2, lr=1e-2, seed=3, progress=False, save_every=2)\n"
+        "train(ToyModel(dropout=0.1), ToyTask(size=21, loss_hook=hook), cfg, sys.argv[1], resume=sys.argv[2] == 'resume')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run"), "kill"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert latest_checkpoint(tmp_path / "run").name == "step_4"
+    for mode, out in (("resume", tmp_path / "run"), ("fresh", tmp_path / "ref")):
+        done = subprocess.run([sys.executable, "-c", script, str(out), mode], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    a, b = _weights(tmp_path / "run"), _weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
