@@ -12,6 +12,7 @@ images the store lacks; unreadable images are listed in STORE/failures.jsonl.
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 
 from vilbert.features.extract import FAILURES_FILE, ExtractConfig
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vilbert features: imported {written} images from {args.import_legacy} into {args.out}")
             return 0
         return _run_extract(args)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, pickle.UnpicklingError) as err:
         print(f"vilbert features: error: {err}", file=sys.stderr)
         return 2
 
