@@ -176,3 +176,19 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
         assert done.returncode == 0, done.stderr.decode()[-2000:]
     a, b = _weights(tmp_path / "run"), _weights(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_precision_on_cpu(tmp_path):
+    from vilbert.train.loop import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) is None  # CPU stays fp32 unless asked
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    fp32 = train(_model(0.0), ToyTask(size=16), _config(max_steps=2), tmp_path / "fp32")
+    bf16 = train(_model(0.0), ToyTask(size=16), _config(max_steps=2, precision="bf16"), tmp_path / "bf16")
+    assert bf16.loss == pytest.approx(fp32.loss, rel=0.05) and bf16.loss != fp32.loss
+
+
+def test_package_exports():
+    import vilbert.train as T
+
+    assert T.train is train and T.TrainConfig is TrainConfig and callable(T.unwrap_model)
