@@ -1,0 +1,142 @@
+"""Speed of the paper's base model on this CPU, fp32, at the original code's shapes.
+
+Training step (forward + backward + AdamW) at batch 8 and inference (VQA head) at batch 32, with
+36 tokens and 37 regions (36 + [IMG]). FLOPs are counted by torch's FlopCounterMode on the very
+step being timed, and divided by this machine's fp32 matmul peak, measured in the same run and
+interleaved with the model timings (shared machines drift by up to 25% between runs).
+
+    python benchmarks/bench_model.py [--threads 2] [--steps 5] [--preset base]
+
+The original code reached 2.6 samples/s training (~49% of peak) and 10.8 samples/s inference here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from vilbert.model import build_model, load_preset
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul on this machine right now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def make_batch(config, batch: int, tokens: int = 36, regions: int = 37, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "input_ids": torch.randint(1000, 20000, (batch, tokens), generator=g),
+        "token_type_ids": torch.zeros(batch, tokens, dtype=torch.long),
+        "attention_mask": torch.ones(batch, tokens, dtype=torch.long),
+        "image_features": torch.rand(batch, regions, config.v_feature_size, generator=g),
+        "image_locations": torch.rand(batch, regions, 5, generator=g),
+        "image_mask": torch.ones(batch, regions, dtype=torch.long),
+    }
+    word_positions = torch.rand(batch, tokens, generator=g) < 0.15  # 15% of words, as in pretraining
+    word_positions[:, 1] = True
+    region_positions = torch.rand(batch, regions, generator=g) < 0.15
+    region_positions[:, 1] = True
+    targets = {
+        "words": torch.randint(0, config.vocab_size, (int(word_positions.sum()),), generator=g),
+        "region_probs": torch.softmax(torch.randn(int(region_positions.sum()), config.v_target_size, generator=g), -1),
+        "aligned": torch.randint(0, 2, (batch,), generator=g),
+    }
+    return inputs, word_positions, region_positions, targets
+
+
+def train_step(model, optimizer, inputs, word_positions, region_positions, targets) -> None:
+    out = model(
+        **inputs, heads=("masked_word", "masked_region", "alignment"), masked_word_positions=word_positions
+    )
+    region_logits = out.logits["masked_region"][region_positions]  # [M,C]
+    loss = (
+        F.cross_entropy(out.logits["masked_word"], targets["words"])
+        + F.kl_div(region_logits.log_softmax(-1), targets["region_probs"], reduction="batchmean")
+        + F.cross_entropy(out.logits["alignment"], targets["aligned"])
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def make_optimizer(model):
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True), "fused"
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True), "foreach"
+
+
+def count_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def timed(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--preset", default="base")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = load_preset(args.preset, heads={"masked_word": {}, "masked_region": {}, "alignment": {}, "vqa": {}})
+    model = build_model(config)
+    optimizer, kind = make_optimizer(model)
+
+    train_batch = make_batch(config, 8)
+    model.train()
+    step = lambda: train_step(model, optimizer, *train_batch)  # noqa: E731
+    train_flops = count_flops(step)  # also the warm-up step
+    infer_inputs = make_batch(config, 32)[0]
+
+    def infer():
+        with torch.inference_mode():
+            model(**infer_inputs, heads=("vqa",))
+
+    model.eval()
+    infer_flops = count_flops(infer)
+
+    train_times, infer_times, peaks = [], [], []
+    for _ in range(args.steps):  # interleave so that drift hits all three alike
+        peaks.append(matmul_peak())
+        model.train()
+        train_times += timed(step, 1)
+        model.eval()
+        infer_times += timed(infer, 1)
+    peak = statistics.median(peaks)
+    t_train, t_infer = statistics.median(train_times), statistics.median(infer_times)
+    print(f"preset {args.preset}, fp32, {args.threads} threads, torch {torch.__version__}, AdamW {kind}")
+    print(f"fp32 matmul peak (2048^3, median of {len(peaks)}): {peak:.1f} GFLOP/s")
+    for name, batch, flops, t in (("training step", 8, train_flops, t_train), ("inference (vqa)", 32, infer_flops, t_infer)):
+        rate = flops / t / 1e9
+        print(
+            f"{name:16s} batch {batch:2d}: {t * 1000:7.1f} ms  {batch / t:6.2f} samples/s  "
+            f"{flops / 1e9:6.1f} GFLOP  {rate:6.1f} GFLOP/s  {100 * rate / peak:5.1f}% of peak"
+        )
+
+
+if __name__ == "__main__":
+    main()
