@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vilbert.io.atomic import atomic_path
@@ -68,11 +68,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_model_weights(model: nn.Module, directory: Path) -> None:
-    """The model's own `save_pretrained(dir)` if it has one, else safetensors of its state_dict."""
+    """The model's own `save_pretrained(dir)` if it has one, else model.safetensors with every
+    state_dict key (tied weights stored under each name, so `load_pretrained` reads it strictly)
+    plus config.json when the model carries a config."""
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
         return
-    save_model(model, str(directory / MODEL_FILE))  # dedups tied weights, unlike save_file
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset())
+        state[key] = value.clone() if ptr in seen else value  # safetensors refuses shared memory
+        seen.add(ptr)
+    save_file(state, str(directory / MODEL_FILE), metadata={"format": "pt"})
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -82,11 +90,12 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
     path = directory / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {MODEL_FILE}")
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
+    device = next(iter(model.state_dict().values())).device
+    result = model.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(
-            f"checkpoint {path} does not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"checkpoint {path} does not fit {type(model).__name__}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
         )
 
 
