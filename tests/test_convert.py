@@ -171,3 +171,35 @@ def test_convert_command_writes_a_loadable_directory(reference_dir, tmp_path, ca
     bad.write_bytes(b"not a checkpoint")
     rc = convert_main([str(bad), "--config", str(reference_dir / "config.json"), "--out", str(tmp_path / "x")])
     assert rc == 1 and "bad.bin" in capsys.readouterr().err
+
+
+def original_order(v_ids, t_ids, n_v, n_t):
+    """The order in which the original encoder loop runs layers, per stream (its semantics)."""
+    order, v0, t0 = [], 0, 0
+    for k, (v1, t1) in enumerate(zip(v_ids, t_ids)):
+        order += [f"visual_layers.{i}" for i in range(v0, v1)] + [f"text_layers.{i}" for i in range(t0, t1)]
+        order.append(f"co_layers.{k}")
+        v0, t0 = v1, t1
+    return order + [f"visual_layers.{i}" for i in range(v0, n_v)] + [f"text_layers.{i}" for i in range(t0, n_t)]
+
+
+@pytest.mark.parametrize(
+    "v_ids, t_ids, n_v, n_t",
+    [([0, 1], [2, 3], 2, 4), ([0, 2, 3], [1, 1, 3], 4, 3), ([1], [0], 3, 2), ([0, 1, 2, 3], [8, 9, 10, 11], 4, 12)],
+)
+def test_any_original_schedule_runs_as_the_original(reference_dir, v_ids, t_ids, n_v, n_t):
+    original = json.loads((reference_dir / "config.json").read_text())
+    original |= {"v_biattention_id": v_ids, "t_biattention_id": t_ids, "v_num_hidden_layers": n_v, "num_hidden_layers": n_t}
+    model = build_model(config_from_original(original)).eval()
+    order = []
+    for name, module in model.encoder.named_children():
+        for i, layer in enumerate(module):
+            layer.register_forward_hook(lambda *_, tag=f"{name}.{i}": order.append(tag))
+    kwargs, _, _ = fixture_inputs(reference_dir)
+    with torch.no_grad():
+        model(**kwargs)
+    expected = original_order(v_ids, t_ids, n_v, n_t)
+    # Within a segment the streams are independent; compare each stream's order and the co-layers' places.
+    for stream in ("text_layers", "visual_layers"):
+        keep = lambda seq: [x for x in seq if x.startswith((stream, "co_layers"))]  # noqa: E731
+        assert keep(order) == keep(expected)
