@@ -93,10 +93,16 @@ class VQAHead(nn.Module):
         hidden: int | None = None,
         style: str = "multi_task",
         dropout: float = 0.5,
+        answers: list[str] | None = None,
     ):
         super().__init__()
         if style not in ("multi_task", "beta"):
             raise ValueError(f"VQA head style {style!r} is not 'multi_task' or 'beta'")
+        if answers is not None and len(answers) != num_answers:
+            raise ValueError(f"VQA head has num_answers={num_answers} but an answer list of {len(answers)}")
+        # The answer vocabulary rides in config.json with the head, so a checkpoint directory alone
+        # can name its predictions (None for converted checkpoints that never stored it).
+        self.answers = list(answers) if answers is not None else None
         hidden = hidden or 2 * config.bi_hidden_size
         self.style = style
         self.fc1 = nn.Linear(config.bi_hidden_size, hidden)
