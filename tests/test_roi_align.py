@@ -79,3 +79,17 @@ def test_region_independent_of_batch_company():
 def test_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="B box tensors"):
         roi_align(torch.zeros(2, 1, 4, 4), [torch.zeros(1, 4)])
+
+
+def test_pooled_shortcut_equals_mean_of_bins():
+    from vilbert.features.roi_align import roi_align_pooled
+
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(2, 7, 6, 9, generator=gen, dtype=torch.float64)
+    boxes = [torch.tensor([[0.0, 0.0, 288.0, 192.0], [-40.0, -40.0, 20.0, 20.0], [250.0, 150.0, 330.0, 230.0]],
+                          dtype=torch.float64),
+             torch.tensor([[33.3, 47.9, 34.1, 48.2]], dtype=torch.float64)]
+    full = roi_align(feats, boxes, (7, 7), 1 / 32, 2).mean(dim=(2, 3))
+    torch.testing.assert_close(roi_align_pooled(feats, boxes, (7, 7), 1 / 32, 2), full, rtol=1e-12, atol=1e-12)
+    cl = feats.float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(roi_align_pooled(cl, [b.float() for b in boxes]), full.float(), rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
 from vilbert.features.boxes import (
     ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes,
 )
-from vilbert.features.roi_align import roi_align
+from vilbert.features.roi_align import roi_align_pooled
 from vilbert.features.store import FeatureStoreWriter, ImageRegions
 
 FAILURES_FILE = "failures.jsonl"
@@ -148,8 +148,8 @@ def regions_for_batch(backbone: Backbone, items: Sequence[Prepared], config: Ext
         torch.from_numpy(p.boxes * np.array([*p.scale, *p.scale], dtype=np.float32)) for p in items
     ]
     size = config.roi_output_size
-    pooled = roi_align(fmap, canvas_boxes, (size, size), spatial_scale, config.sampling_ratio)  # [K,C,P,P]
-    vectors = pooled.mean(dim=(2, 3))  # [K,C]
+    # The mean of the RoIAlign bins, computed as one weight map per box (same numbers, far cheaper).
+    vectors = roi_align_pooled(fmap, canvas_boxes, (size, size), spatial_scale, config.sampling_ratio)  # [K,C]
     cls_prob = backbone.classify(vectors)  # [K,1000]
     out, start = [], 0
     for p in items:

@@ -81,3 +81,46 @@ def roi_align(
     pooled = sampled.view(len(boxes), channels, k_max, ph, sampling_ratio, pw, sampling_ratio).mean(dim=(4, 6))
     pooled = pooled.permute(0, 2, 1, 3, 4)  # [B,K,C,PH,PW]
     return torch.cat([pooled[b, : counts[b]] for b in range(len(boxes))], dim=0)
+
+
+def _axis_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean bilinear weight of each map index over a box's samples along one axis.
+
+    coords [K,S] sample positions -> [K,size]. The reference bilinear read clamps a position in
+    [-1, size] to [0, size-1] and reads zero beyond; its weight on index i is the tent
+    max(0, 1 - |x - i|) of the clamped position.
+    """
+    inside = ((coords >= -1) & (coords <= size)).to(coords.dtype)  # [K,S]
+    clamped = coords.clamp(0, size - 1)
+    grid = torch.arange(size, device=coords.device, dtype=coords.dtype)
+    tent = (1 - (clamped[:, :, None] - grid).abs()).clamp_min(0)  # [K,S,size]
+    return (tent * inside[:, :, None]).mean(dim=1)
+
+
+def roi_align_pooled(
+    features: torch.Tensor,
+    boxes: list[torch.Tensor],
+    output_size: tuple[int, int] = (7, 7),
+    spatial_scale: float = 1.0 / 32,
+    sampling_ratio: int = 2,
+) -> torch.Tensor:
+    """`roi_align(...).mean((2, 3))` -> [sum K_b, C], computed without sampling every channel.
+
+    The samples form a separable grid and bilinear weights factor into x and y parts, so the mean
+    over all samples is a weight map wy ⊗ wx per box applied to the feature map: one small matmul
+    per image ([K,H*W] @ [H*W,C]) instead of K*C*samples bilinear reads.
+    """
+    if features.dim() != 4 or len(boxes) != features.shape[0]:
+        raise ValueError(f"expected features [B,C,H,W] and B box tensors, got {tuple(features.shape)} and {len(boxes)}")
+    _, channels, height, width = features.shape
+    coord_dtype = torch.promote_types(features.dtype, torch.float32)
+    out = []
+    for b, bx in enumerate(boxes):
+        if len(bx) == 0:
+            continue
+        xs, ys = _sample_grid(bx.to(coord_dtype), output_size, spatial_scale, sampling_ratio)
+        wx, wy = _axis_weights(xs, width), _axis_weights(ys, height)  # [K,W], [K,H]
+        weights = (wy[:, :, None] * wx[:, None, :]).reshape(len(bx), height * width)  # [K,H*W]
+        fmap = features[b].permute(1, 2, 0).reshape(height * width, channels)  # [H*W,C]
+        out.append(weights.to(features.dtype) @ fmap)
+    return torch.cat(out) if out else features.new_zeros((0, channels))
