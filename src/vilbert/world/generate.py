@@ -102,7 +102,16 @@ def _make_image(job: tuple[WorldConfig, str, int, str]) -> dict[str, Any]:
     ]
     record["refs"] = _refs(scene, rng, config)
     record["vcr"] = vcr_item(scene, rng)
+    if record["vcr"] is not None:  # VCR keeps boxes in one metadata file per image
+        _write_vcr_metadata(Path(out_dir), scene, record["vcr"]["objects"])
     return record
+
+
+def _write_vcr_metadata(out: Path, scene: Scene, names: list[str]) -> None:
+    meta = {"boxes": [o.box + [1.0] for o in scene.objects], "names": names, "width": scene.width,
+            "height": scene.height}
+    with atomic_path(out / "vcr" / "metadata" / f"{scene.image_id}.json") as tmp:
+        tmp.write_text(json.dumps(meta) + "\n")
 
 
 def _refs(scene: Scene, rng: np.random.Generator, config: WorldConfig) -> list[dict]:
@@ -216,10 +225,6 @@ def _write_vcr(out: Path, records: list[dict], split: str) -> None:
         if item is None:
             continue
         image_id = r["image_id"]
-        meta = {"boxes": [o["box"] + [1.0] for o in r["scene"]["objects"]], "names": item["objects"],
-                "width": r["scene"]["width"], "height": r["scene"]["height"]}
-        with atomic_path(out / "vcr" / "metadata" / f"{image_id}.json") as tmp:
-            tmp.write_text(json.dumps(meta) + "\n")
         row = {k: v for k, v in item.items() if k != "program"}
         row.update(img_fn=f"{image_id}.png", metadata_fn=f"metadata/{image_id}.json",
                    annot_id=f"{split}-{image_id}", img_id=f"{split}-{image_id}", movie="world")

@@ -155,7 +155,10 @@ def relation(scene: Scene, a: int, b: int, rel: str, strict: bool = True) -> boo
 
 def matches(obj: WorldObject, filt: dict) -> bool:
     """Does `obj` agree with every attribute named in `filt` (keys shape/colour/size)?"""
-    return all(getattr(obj, key) == value for key, value in filt.items())
+    for key, value in filt.items():  # a plain loop: this is the generator's innermost call
+        if getattr(obj, key) != value:
+            return False
+    return True
 
 
 def select(scene: Scene, filt: dict) -> list[int]:
