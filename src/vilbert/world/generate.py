@@ -12,13 +12,14 @@ finished world.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -134,118 +135,110 @@ def _refs(scene: Scene, rng: np.random.Generator, config: WorldConfig) -> list[d
 # ------------------------------------------------------------------------------------ writers
 
 
-def _stream_json(path: Path, head: dict, key: str, items: Iterable[Any]) -> None:
-    """Write {**head, key: [items...]} without holding the whole text in memory."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": [")
-        for k, item in enumerate(items):
-            f.write((", " if k else "") + json.dumps(item))
-        f.write("]}\n")
+class _JsonList:
+    """A JSON object {head..., key: [items streamed one by one], tail...} written to an open file."""
+
+    def __init__(self, handle: IO[str], head: dict, key: str) -> None:
+        self.handle, self.count = handle, 0
+        opening = json.dumps(head)[:-1] + ", " if head else "{"
+        handle.write(opening + json.dumps(key) + ": [")
+
+    def add(self, item: Any) -> None:
+        self.handle.write((", " if self.count else "") + json.dumps(item))
+        self.count += 1
+
+    def close(self, tail: dict | None = None) -> None:
+        self.handle.write("]" + (", " + json.dumps(tail)[1:] if tail else "}") + "\n")
 
 
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        for line in lines:
-            f.write(line + "\n")
+class _WorldWriter:
+    """Writes every annotation file in one pass over the image records (memory stays flat).
 
+    Only what must be whole at the end is kept: image lists and the refs (one pickle).
+    """
 
-def _by_split(records: list[dict], split: str) -> Iterator[dict]:
-    return (r for r in records if r["split"] == split)
+    def __init__(self, out: Path, config: WorldConfig, stack: contextlib.ExitStack) -> None:
+        self.out, self.size = out, config.image_size
 
+        def open_(relative: str) -> IO[str]:
+            tmp = stack.enter_context(atomic_path(out / relative))
+            return stack.enter_context(open(tmp, "w"))
 
-def _write_proposals(out: Path, records: list[dict], size: int) -> None:
-    images = [{"id": r["image_id"], "file_name": f"{r['image_id']}.png", "width": size, "height": size}
-              for r in records]
+        self.proposals = _JsonList(open_("proposals.json"), {"info": {"description": "vilbert generated world: "
+                                   "region proposals"}, "categories": [{"id": 1, "name": "region"}]}, "annotations")
+        self.instances = _JsonList(open_("refcoco+/instances.json"), {"info": {"description": "vilbert generated "
+                                   "world, COCO instances"}, "categories": [{"id": k + 1, "name": s, "supercategory":
+                                   "shape"} for k, s in enumerate(SHAPES)]}, "annotations")
+        self.images: list[dict] = []
+        self.refs: list[dict] = []
+        self.refs_path = stack.enter_context(atomic_path(out / "refcoco+" / "refs(unc).p"))
+        self.lines = {name: {split: open_(f"{name}/{split}.{ext}") for split in SPLITS}
+                      for name, ext in (("captions", "tsv"), ("flickr30k", "jsonl"), ("vcr", "jsonl"))}
+        self.scenes = open_("scenes.jsonl")
+        self.vqa: dict[str, tuple[_JsonList, _JsonList]] = {}
+        for split in SPLITS:
+            common = {"info": {"description": "vilbert generated world, VQA v2 format"}, "license": {},
+                      "data_subtype": split, "data_type": "world"}
+            self.vqa[split] = (
+                _JsonList(open_(f"vqa/v2_OpenEnded_mscoco_{split}_questions.json"),
+                          {**common, "task_type": "Open-Ended"}, "questions"),
+                _JsonList(open_(f"vqa/v2_mscoco_{split}_annotations.json"), common, "annotations"))
 
-    def annotations() -> Iterator[dict]:
-        for r in records:
-            for k, (x1, y1, x2, y2, score) in enumerate(r["proposals"]):
-                bbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
-                yield {"id": r["image_id"] * 100 + k, "image_id": r["image_id"], "bbox": bbox, "score": score,
-                       "category_id": 1}
+    def add(self, r: dict) -> None:
+        image_id, split = r["image_id"], r["split"]
+        self.images.append({"id": image_id, "file_name": f"{image_id}.png", "width": self.size, "height": self.size})
+        for k, (x1, y1, x2, y2, score) in enumerate(r["proposals"]):
+            self.proposals.add({"id": image_id * 100 + k, "image_id": image_id,
+                                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": score,
+                                "category_id": 1})
+        self._add_refer(r)
+        for c in r["captions"]:
+            self.lines["captions"][split].write(f"{c}\t{image_id}\n")
+        self.lines["flickr30k"][split].write(json.dumps({"id": image_id, "img_path": f"{image_id}.png",
+                                                         "sentences": r["retrieval"]}) + "\n")
+        questions, annotations = self.vqa[split]
+        for q in r["questions"]:
+            questions.add({"image_id": image_id, "question": q["question"], "question_id": q["question_id"]})
+            answers = [{"answer": a, "answer_confidence": "yes" if a == q["answer"] else "maybe", "answer_id": k + 1}
+                       for k, a in enumerate(q["answers"])]
+            annotations.add({"question_type": q["question_type"], "multiple_choice_answer": q["answer"],
+                             "answers": answers, "image_id": image_id, "answer_type": q["answer_type"],
+                             "question_id": q["question_id"]})
+        if r["vcr"] is not None:
+            row = {k: v for k, v in r["vcr"].items() if k != "program"}
+            row.update(img_fn=f"{image_id}.png", metadata_fn=f"metadata/{image_id}.json",
+                       annot_id=f"{split}-{image_id}", img_id=f"{split}-{image_id}", movie="world")
+            self.lines["vcr"][split].write(json.dumps(row) + "\n")
+        self.scenes.write(json.dumps(_ground_truth(r)) + "\n")
 
-    head = {"info": {"description": "vilbert generated world: region proposals"}, "images": images,
-            "categories": [{"id": 1, "name": "region"}]}
-    _stream_json(out / "proposals.json", head, "annotations", annotations())
-
-
-def _write_vqa(out: Path, records: list[dict], split: str) -> None:
-    common = {"info": {"description": "vilbert generated world, VQA v2 format"}, "license": {},
-              "data_subtype": split, "data_type": "world"}
-    qs = ({"image_id": r["image_id"], "question": q["question"], "question_id": q["question_id"]}
-          for r in _by_split(records, split) for q in r["questions"])
-    _stream_json(out / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json",
-                 {**common, "task_type": "Open-Ended"}, "questions", qs)
-
-    def annotations() -> Iterator[dict]:
-        for r in _by_split(records, split):
-            for q in r["questions"]:
-                answers = [{"answer": a, "answer_confidence": "yes" if a == q["answer"] else "maybe",
-                            "answer_id": k + 1} for k, a in enumerate(q["answers"])]
-                yield {"question_type": q["question_type"], "multiple_choice_answer": q["answer"],
-                       "answers": answers, "image_id": r["image_id"], "answer_type": q["answer_type"],
-                       "question_id": q["question_id"]}
-
-    _stream_json(out / "vqa" / f"v2_mscoco_{split}_annotations.json", common, "annotations", annotations())
-
-
-def _write_refer(out: Path, records: list[dict], size: int) -> None:
-    categories = [{"id": k + 1, "name": s, "supercategory": "shape"} for k, s in enumerate(SHAPES)]
-    images, annotations, refs = [], [], []
-    for r in records:
-        image_id = r["image_id"]
-        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": size, "height": size})
-        for k, obj in enumerate(r["scene"]["objects"]):
+    def _add_refer(self, r: dict) -> None:
+        image_id, objects = r["image_id"], r["scene"]["objects"]
+        for k, obj in enumerate(objects):
             x1, y1, x2, y2 = obj["box"]
-            annotations.append({"id": image_id * 100 + k, "image_id": image_id, "category_id":
-                                SHAPES.index(obj["shape"]) + 1, "bbox": [x1, y1, round(x2 - x1, 2),
-                                round(y2 - y1, 2)], "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0})
+            self.instances.add({"id": image_id * 100 + k, "image_id": image_id,
+                                "category_id": SHAPES.index(obj["shape"]) + 1,
+                                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                                "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0})
         for j, ref in enumerate(r["refs"]):
             ref_id = image_id * 10 + j
             sentences = [{"raw": t, "sent": t, "tokens": tokenize(t), "sent_id": ref_id * 10 + s}
                          for s, t in enumerate(ref["sentences"])]
-            obj = r["scene"]["objects"][ref["object"]]
-            refs.append({"ref_id": ref_id, "ann_id": image_id * 100 + ref["object"], "image_id": image_id,
-                         "split": r["split"], "sentences": sentences, "sent_ids": [s["sent_id"] for s in sentences],
-                         "category_id": SHAPES.index(obj["shape"]) + 1, "file_name": f"{image_id}.png"})
-    instances = {"info": {"description": "vilbert generated world, COCO instances"}, "images": images,
-                 "annotations": annotations, "categories": categories}
-    with atomic_path(out / "refcoco+" / "instances.json") as tmp:
-        tmp.write_text(json.dumps(instances) + "\n")
-    with atomic_path(out / "refcoco+" / "refs(unc).p") as tmp:
+            self.refs.append({"ref_id": ref_id, "ann_id": image_id * 100 + ref["object"], "image_id": image_id,
+                              "split": r["split"], "sentences": sentences,
+                              "sent_ids": [s["sent_id"] for s in sentences],
+                              "category_id": SHAPES.index(objects[ref["object"]]["shape"]) + 1,
+                              "file_name": f"{image_id}.png"})
+
+    def finish(self) -> None:
+        self.proposals.close({"images": self.images})
+        self.instances.close({"images": self.images})
+        for questions, annotations in self.vqa.values():
+            questions.close()
+            annotations.close()
         # A JSON round trip first: pickle's memo follows object identity, which differs between a
         # serial and a parallel run; after it both pickle the same object graph, byte for byte.
-        tmp.write_bytes(pickle.dumps(json.loads(json.dumps(refs)), protocol=2))  # protocol 2: as refer's files
-
-
-def _write_vcr(out: Path, records: list[dict], split: str) -> None:
-    lines = []
-    for r in _by_split(records, split):
-        item = r["vcr"]
-        if item is None:
-            continue
-        image_id = r["image_id"]
-        row = {k: v for k, v in item.items() if k != "program"}
-        row.update(img_fn=f"{image_id}.png", metadata_fn=f"metadata/{image_id}.json",
-                   annot_id=f"{split}-{image_id}", img_id=f"{split}-{image_id}", movie="world")
-        lines.append(json.dumps(row))
-    _write_lines(out / "vcr" / f"{split}.jsonl", lines)
-
-
-def _write_all(out: Path, records: list[dict], config: WorldConfig) -> None:
-    size = config.image_size
-    _write_proposals(out, records, size)
-    _write_refer(out, records, size)
-    for split in SPLITS:
-        part = list(_by_split(records, split))
-        _write_lines(out / "captions" / f"{split}.tsv",
-                     (f"{c}\t{r['image_id']}" for r in part for c in r["captions"]))
-        _write_lines(out / "flickr30k" / f"{split}.jsonl",
-                     (json.dumps({"id": r["image_id"], "img_path": f"{r['image_id']}.png", "sentences": r["retrieval"]})
-                      for r in part))
-        _write_vqa(out, records, split)
-        _write_vcr(out, records, split)
-    _write_lines(out / "scenes.jsonl", (json.dumps(_ground_truth(r)) for r in records))
+        # Protocol 2 is what the refer toolkit's own files use.
+        self.refs_path.write_bytes(pickle.dumps(json.loads(json.dumps(self.refs)), protocol=2))
 
 
 def _ground_truth(r: dict) -> dict:
@@ -288,8 +281,11 @@ def generate_world(out_dir: str | os.PathLike[str], num_images: int = 2000, seed
     split_of = {i: s for s, ids in splits.items() for i in ids}
     jobs = [(config, str(out), i, split_of[i]) for i in range(1, num_images + 1)]
     (out / "images").mkdir(parents=True, exist_ok=True)
-    records = _run(jobs, workers, progress)
-    _write_all(out, records, config)
+    with contextlib.ExitStack() as stack:
+        writer = _WorldWriter(out, config, stack)
+        for record in _run(jobs, workers, progress):
+            writer.add(record)
+        writer.finish()
     write_json(out / "world.json", manifest)
     return out / "world.json"
 
@@ -307,20 +303,18 @@ def _claim(out: Path, manifest: dict) -> None:
         write_json(marker, manifest["config"])
 
 
-def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
-    bar = tqdm(total=len(jobs), desc="world", unit="img", disable=not progress)
-    records: list[dict] = []
-    if workers <= 1:
-        for job in jobs:
-            records.append(_make_image(job))
-            bar.update()
-    else:
-        # fork is cheapest where it exists; results come back in job order either way.
+def _run(jobs: list[tuple], workers: int, progress: bool) -> Iterator[dict]:
+    """Image records in job order, made here or by `workers` processes (same records either way)."""
+    with tqdm(total=len(jobs), desc="world", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for job in jobs:
+                yield _make_image(job)
+                bar.update()
+            return
+        # fork is cheapest where it exists; imap returns results in job order either way.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ctx.Pool(workers) as pool:
             for record in pool.imap(_make_image, jobs, chunksize=32):
-                records.append(record)
+                yield record
                 bar.update()
-    bar.close()
-    return records
