@@ -1,0 +1,90 @@
+"""`vilbert finetune` and `vilbert evaluate` through their main(argv) on a tiny world with real
+features: the run writes RUN/model and metrics.json, and evaluate reproduces them from the
+checkpoint alone."""
+
+import json
+
+import pytest
+
+from test_vqa import world_and_features
+from vilbert.cli import evaluate as evaluate_cli
+from vilbert.cli import finetune as finetune_cli
+from vilbert.model import build_model, load_preset, save_pretrained
+from vilbert.tasks.builder import build_task, parse_options, recipe
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return world_and_features(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def vqa_run(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vqa_run")
+    rc = finetune_cli.main(["--task", "vqa", "--data", str(root), "--out", str(out), "--preset", "tiny",
+                            "--max-steps", "3", "--batch-size", "8", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_finetune_writes_model_and_metrics(vqa_run, root):
+    metrics = json.loads((vqa_run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["finished"]
+    assert set(metrics["val"]) == {"accuracy", "questions"} and set(metrics["test"]) == {"accuracy", "questions"}
+    config = json.loads((vqa_run / "model" / "config.json").read_text())
+    assert config["heads"]["vqa"]["answers"] == build_task("vqa", root).answers
+    assert (vqa_run / "model" / "model.safetensors").is_file()
+    assert (vqa_run / "train_log.csv").is_file()
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluate_reproduces_metrics(vqa_run, root, tmp_path, capsys, split):
+    out = tmp_path / "m.json"
+    rc = evaluate_cli.main(["--task", "vqa", "--checkpoint", str(vqa_run / "model"), "--data", str(root),
+                            "--split", split, "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["metrics"] == json.loads((vqa_run / "metrics.json").read_text())[split]
+
+
+def test_vcr_from_a_saved_model(root, tmp_path):
+    init = tmp_path / "init"
+    save_pretrained(build_model(load_preset("tiny")), init)  # stands in for a pretraining run's model/
+    out = tmp_path / "run"
+    rc = finetune_cli.main(["--task", "vcr", "--data", str(root), "--out", str(out), "--init", str(init),
+                            "--max-steps", "2", "--batch-size", "4", "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"q_a", "qa_r", "q_ar"} <= set(metrics["val"])
+    assert "pair_score" in json.loads((out / "model" / "config.json").read_text())["heads"]
+
+
+def test_bad_arguments_are_named(root, tmp_path, capsys):
+    base = ["--data", str(root), "--out", str(tmp_path / "r"), "--max-steps", "1", "--no-progress"]
+    assert finetune_cli.main(["--task", "vqa", *base]) == 2
+    assert "exactly one of --init" in capsys.readouterr().err
+    assert finetune_cli.main(["--task", "vqa", "--preset", "tiny", "--option", "min_count=2", *base]) == 2
+    assert "min_count" in capsys.readouterr().err
+    assert finetune_cli.main(["--task", "nosuch", "--preset", "tiny", *base]) == 2
+    assert "valid tasks" in capsys.readouterr().err
+    assert finetune_cli.main(["--task", "vqa", "--preset", "base", *base]) == 2  # 2048-d model, 1280-d store
+    assert "1280-d features" in capsys.readouterr().err
+    no_head = tmp_path / "nohead"
+    save_pretrained(build_model(load_preset("tiny")), no_head)
+    assert evaluate_cli.main(["--task", "vqa", "--checkpoint", str(no_head), "--data", str(root)]) == 2
+    assert "no ['vqa'] head" in capsys.readouterr().err
+
+
+def test_builder_folders_recipes_and_options(root):
+    assert build_task("vcr_qa_r", root).data.data_dir == str(root / "vcr")
+    task = build_task("vqa", root, max_text_length=16, max_regions=8)
+    assert (task.data.max_text_length, task.data.max_regions) == (16, 8)
+    assert (recipe("vqa").batch_size, recipe("vqa").lr) == (256, 4e-5)
+    assert (recipe("vcr").batch_size, recipe("vcr").lr, recipe("refer").folder) == (64, 2e-5, "refcoco+")
+    assert parse_options(["min_answer_count=3", "zero-shot=true", "name=abc"]) == {
+        "min_answer_count": 3, "zero_shot": True, "name": "abc"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options(["oops"])
+    with pytest.raises(FileNotFoundError, match="data root"):
+        build_task("vqa", root / "missing")
