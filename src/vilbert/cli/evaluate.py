@@ -34,7 +34,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
 
     task = make_task(args)
     model = load_pretrained(args.checkpoint, map_location=resolve_device(args.device))
-    check_features(model, task)
+    check_features(model.config, task)
     missing = [h for h in task.required_heads() if h not in model.heads]
     if missing:
         raise ValueError(f"checkpoint {args.checkpoint} has no {missing} head(s) for task {args.task!r} "

@@ -73,8 +73,10 @@ def bundled_bert_dir() -> Path:
     return bundled_vocab_path().parent
 
 
-def build_initial_model(args: argparse.Namespace):
-    """The model to fine-tune: loaded from --init, or a fresh --preset (optionally BERT-initialised)."""
+def build_initial_model(args: argparse.Namespace, task=None):
+    """The model to fine-tune: loaded from --init, or a fresh --preset (optionally BERT-initialised).
+
+    With `task`, the preset is checked against its feature store before the model is built."""
     from vilbert.model import build_model, init_text_stream_from_bert, load_pretrained, load_preset
 
     if (args.init is None) == (args.preset is None):
@@ -84,7 +86,10 @@ def build_initial_model(args: argparse.Namespace):
             raise ValueError("--single-stream and --text-init apply to --preset only (a saved model has its own)")
         return load_pretrained(args.init)
     overrides = {"architecture": "single_stream"} if args.single_stream else {}
-    model = build_model(load_preset(args.preset, **overrides))
+    config = load_preset(args.preset, **overrides)
+    if task is not None:
+        check_features(config, task)
+    model = build_model(config)
     if args.text_init != "none":
         bert_dir = bundled_bert_dir() if args.text_init == "bundled" else Path(args.text_init)
         report = init_text_stream_from_bert(model, bert_dir)
@@ -92,13 +97,13 @@ def build_initial_model(args: argparse.Namespace):
     return model
 
 
-def check_features(model, task) -> None:
-    """The store's feature width must be the model's input width (named in the error)."""
+def check_features(config, task) -> None:
+    """The store's feature width must be the model config's input width (named in the error)."""
     store = getattr(task, "store", None)
     width = (store.meta or {}).get("feature_dim") if store is not None else None
-    if width is not None and width != model.config.v_feature_size:
+    if width is not None and width != config.v_feature_size:
         raise ValueError(f"feature store {task.data.features} holds {width}-d features but the model expects "
-                         f"v_feature_size={model.config.v_feature_size}")
+                         f"v_feature_size={config.v_feature_size}")
 
 
 def train_config(args: argparse.Namespace):
@@ -137,8 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vilbert.train import train
 
     task = make_task(args)
-    model = build_initial_model(args)
-    check_features(model, task)
+    model = build_initial_model(args, task)
+    check_features(model.config, task)
     config = train_config(args)
     result = train(model, task, config, args.out, resume=args.resume, eval_splits=("val",))
     if os.environ.get("RANK", "0") != "0":
