@@ -1,0 +1,400 @@
+"""The demo's plan: the paper's Table 1 experiment on the generated world, as resumable stages.
+
+    world -> features -> pretrain ViLBERT, pretrain the single-stream baseline
+          -> for each row (single-stream pretrained, ViLBERT without pretraining, ViLBERT
+             pretrained): fine-tune and evaluate VQA, VCR, referring expressions, retrieval;
+             zero-shot retrieval with the alignment head
+          -> OUT/results.{md,json,png}
+
+Every row uses the same sizes, steps, batch sizes and learning rates; only the model differs.
+Layout under OUT: world/, features.lmdb, configs/<model>.json, runs/pretrain/<model>/ (the
+`vilbert pretrain` run, final weights in model/), runs/<row>/<task>/ (trainer output and
+metrics.json), stages/ (markers), logs/ (one log per stage).
+
+The ablations (`--ablations`) reuse the world and features: the depth of co-attention (2, 4, 6
+layers; pretrained and fine-tuned like the main ViLBERT row) and the share of pretraining data
+(0, 25, 50, 100%; the same number of pretraining steps over a smaller nested share of pairs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from vilbert.demo.stages import Stage
+from vilbert.io.atomic import write_json
+
+TASKS = ("vqa", "vcr", "refer", "retrieval")
+ZERO_SHOT = "zero_shot_retrieval"
+
+
+@dataclass(frozen=True)
+class FinetuneSizes:
+    steps: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    """Everything that sets the demo's cost; the same for every row of a table."""
+
+    images: int = 1200
+    image_size: int = 224  # world images and the feature extractor's canvas
+    preset: str = "small"
+    text_init: bool = True  # text stream from the shipped all-MiniLM-L6-v2 (the paper starts from BERT)
+    max_regions: int = 36
+    pretrain_steps: int = 600
+    pretrain_batch: int = 32
+    pretrain_lr: float = 1e-4
+    finetune: dict[str, FinetuneSizes] = field(default_factory=lambda: {
+        "vqa": FinetuneSizes(300, 32, 1e-4),
+        "vcr": FinetuneSizes(200, 16, 5e-5),
+        "refer": FinetuneSizes(300, 32, 1e-4),
+        "retrieval": FinetuneSizes(200, 16, 5e-5),
+    })
+    eval_split: str = "test"
+    seed: int = 0
+    # Seconds per unit, for the time-left display (measured on 2 shared CPU cores, then rounded up).
+    seconds_per_image_world: float = 0.02
+    seconds_per_image_features: float = 0.12
+    seconds_per_pretrain_row: float = 0.012
+    seconds_per_finetune_row: float = 0.015
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_sizes() -> DemoSizes:
+    return DemoSizes()
+
+
+def quick_sizes() -> DemoSizes:
+    """A tiny world and a tiny model: the whole pipeline in a few minutes (CI smoke test)."""
+    return DemoSizes(
+        images=60, preset="tiny", text_init=False, max_regions=36, pretrain_steps=30, pretrain_batch=16,
+        pretrain_lr=1e-3,
+        finetune={t: FinetuneSizes(15, 16, 1e-3) for t in TASKS},
+        seconds_per_pretrain_row=0.002, seconds_per_finetune_row=0.002,
+    )
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to pretrain (or not): its name under OUT/configs and runs/pretrain, and its config."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # on top of the preset
+    pretrain: bool = True
+    data_fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a results table: a model, fine-tuned on every task."""
+
+    key: str  # folder under OUT/runs
+    label: str  # as printed in the table
+    model: ModelSpec
+    pretrained: bool
+
+
+def coattention_depth(depth: int, text_layers: int) -> dict[str, Any]:
+    """Config overrides for `depth` co-attention layers: one before each of the last `depth` text
+    layers (as the paper's model does in BERT's upper half) and one before each of `depth` visual
+    layers (the visual stream gets `depth` layers, as in the original's ablation configs)."""
+    if not 1 <= depth <= text_layers:
+        raise ValueError(f"co-attention depth {depth} must be in [1, {text_layers}] (the text layers)")
+    return {
+        "v_num_hidden_layers": depth,
+        "coattention_before_text_layer": list(range(text_layers - depth, text_layers)),
+        "coattention_before_visual_layer": list(range(depth)),
+    }
+
+
+VILBERT = ModelSpec("vilbert")
+SINGLE = ModelSpec("single_stream", {"architecture": "single_stream"})
+SCRATCH = ModelSpec("vilbert", pretrain=False)
+
+MAIN_ROWS = (
+    Row("single_stream", "Single-stream (pretrained)", SINGLE, True),
+    Row("vilbert_scratch", "ViLBERT, no pretraining", SCRATCH, False),
+    Row("vilbert", "ViLBERT (pretrained)", VILBERT, True),
+)
+
+
+def depth_rows(depths: tuple[int, ...], text_layers: int, main_depth: int) -> list[Row]:
+    rows = []
+    for d in depths:
+        spec = VILBERT if d == main_depth else ModelSpec(f"vilbert_depth{d}", coattention_depth(d, text_layers))
+        rows.append(Row(spec.name if d != main_depth else "vilbert", f"ViLBERT, {d} co-attention layers", spec, True))
+    return rows
+
+
+def data_rows(shares: tuple[int, ...]) -> list[Row]:
+    rows = []
+    for share in shares:
+        if share == 0:
+            rows.append(Row("vilbert_scratch", "ViLBERT, 0% pretraining data", SCRATCH, False))
+        elif share == 100:
+            rows.append(Row("vilbert", "ViLBERT, 100% pretraining data", VILBERT, True))
+        else:
+            spec = ModelSpec(f"vilbert_data{share}", data_fraction=share / 100)
+            rows.append(Row(spec.name, f"ViLBERT, {share}% pretraining data", spec, True))
+    return rows
+
+
+# --------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Table:
+    """A results table: its rows and where it is written."""
+
+    name: str  # file stem under OUT: results, ablation_depth, ablation_data
+    title: str
+    rows: list[Row]
+
+
+@dataclass
+class DemoPlan:
+    out: Path
+    sizes: DemoSizes
+    tables: list[Table]
+    stages: list[Stage]
+    skipped: dict[str, str]  # task -> why it is not run (not available in this build)
+
+
+def available_tasks() -> set[str]:
+    from vilbert.tasks.base import list_tasks
+
+    return set(list_tasks())
+
+
+def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False, threads: int | None = None) -> DemoPlan:
+    """The stages of the demo (and its ablations) into `out`."""
+    out = Path(out)
+    ctx = _Context(out, sizes)
+    tables = [Table("results", "ViLBERT on the generated world (cf. the paper's Table 1)", list(MAIN_ROWS))]
+    if ablations:
+        from vilbert.model import load_preset
+
+        layers = load_preset(sizes.preset).num_hidden_layers
+        main_depth = load_preset(sizes.preset).num_coattention_layers
+        depths = tuple(sorted({2, 4, 6, main_depth} & set(range(1, layers + 1)) | {main_depth}))
+        tables.append(Table("ablation_depth", "Depth of co-attention (cf. the paper's Table 2)",
+                            depth_rows(depths, layers, main_depth)))
+        tables.append(Table("ablation_data", "Share of pretraining data (cf. the paper's Table 3)",
+                            data_rows((0, 25, 50, 100))))
+    have = available_tasks()
+    skipped = {t: f"task {t!r} is not available in this build" for t in (*TASKS, ZERO_SHOT, "pretrain") if t not in have}
+    stages = [ctx.world_stage(), ctx.features_stage()]
+    rows: dict[str, Row] = {}
+    for table in tables:
+        for row in table.rows:
+            rows.setdefault(row.key, row)
+    models: dict[str, ModelSpec] = {}
+    for row in rows.values():
+        models.setdefault(row.model.name, row.model)
+    for spec in models.values():
+        stages.append(ctx.config_stage(spec))
+    if "pretrain" not in skipped:
+        for spec in {r.model.name: r.model for r in rows.values() if r.pretrained}.values():
+            stages.append(ctx.pretrain_stage(spec))
+    for row in rows.values():
+        if row.pretrained and "pretrain" in skipped:
+            continue
+        for task in TASKS:
+            if task not in skipped:
+                stages.append(ctx.finetune_stage(row, task))
+        if ZERO_SHOT not in skipped:
+            stages.append(ctx.zero_shot_stage(row))
+    return DemoPlan(out, sizes, tables, stages, skipped)
+
+
+class _Context:
+    """Builds each stage's function; the functions import the heavy modules only when they run."""
+
+    def __init__(self, out: Path, sizes: DemoSizes) -> None:
+        self.out = out
+        self.sizes = sizes
+        self.world = out / "world"
+        self.features = out / "features.lmdb"
+
+    # -- world and features ------------------------------------------------------------------
+
+    def world_stage(self) -> Stage:
+        s = self.sizes
+
+        def run() -> dict[str, Any]:
+            from vilbert.world import generate_world
+
+            path = generate_world(self.world, s.images, s.seed, image_size=s.image_size, workers=1)
+            splits = json.loads(Path(path).read_text())["splits"]
+            return {"world": str(path), "images": {k: len(v) for k, v in splits.items()}}
+
+        return Stage("world", run, s.images * s.seconds_per_image_world, f"generate {s.images} images")
+
+    def features_stage(self) -> Stage:
+        s = self.sizes
+
+        def run() -> dict[str, Any]:
+            from vilbert.features.boxes import read_coco_boxes
+            from vilbert.features.extract import ExtractConfig, extract_features
+
+            entries = read_coco_boxes(self.world / "proposals.json", self.world / "images")
+            config = ExtractConfig(image_size=s.image_size, batch_size=16)
+            report = extract_features(entries, self.features, config,
+                                      boxes_source=f"annotations:{self.world / 'proposals.json'}")
+            if report.failed:
+                raise RuntimeError(f"{report.failed} images failed; see {self.features}/failures.jsonl")
+            return {"written": report.written, "skipped": report.skipped}
+
+        return Stage("features", run, 15 + s.images * s.seconds_per_image_features,
+                     "region features of the world's proposals (EfficientNet-Lite0 + RoIAlign)")
+
+    # -- models ------------------------------------------------------------------------------
+
+    def config_path(self, spec: ModelSpec) -> Path:
+        return self.out / "configs" / f"{spec.name}.json"
+
+    def config_stage(self, spec: ModelSpec) -> Stage:
+        def run() -> dict[str, Any]:
+            from vilbert.features.store import FeatureStore
+            from vilbert.model import load_preset
+
+            config = load_preset(self.sizes.preset, **spec.overrides)
+            meta = FeatureStore(self.features).meta
+            # The model's region input and region classes follow the store's backbone.
+            config.v_feature_size = int(meta["feature_dim"])
+            config.v_target_size = int(meta["num_classes"])
+            config.validate()
+            write_json(self.config_path(spec), config.to_dict())
+            return {"config": str(self.config_path(spec))}
+
+        return Stage(f"config-{spec.name}", run, 1.0, "model config")
+
+    def pretrain_dir(self, spec: ModelSpec) -> Path:
+        return self.out / "runs" / "pretrain" / spec.name
+
+    def pretrain_stage(self, spec: ModelSpec) -> Stage:
+        s = self.sizes
+
+        def run() -> dict[str, Any]:
+            from vilbert.cli import pretrain as cli
+
+            argv = [
+                "--data", str(self.world), "--features", str(self.features), "--out", str(self.pretrain_dir(spec)),
+                "--config", str(self.config_path(spec)), "--text-init", _text_init(s),
+                "--max-steps", str(s.pretrain_steps), "--batch-size", str(s.pretrain_batch),
+                "--lr", str(s.pretrain_lr), "--data-fraction", str(spec.data_fraction), "--seed", str(s.seed),
+                "--max-regions", str(s.max_regions), "--resume",
+            ]
+            print("vilbert pretrain " + " ".join(argv), flush=True)
+            code = cli.main(argv)
+            if code != 0:
+                raise RuntimeError(f"vilbert pretrain exited with {code}")
+            model_dir = self.pretrain_dir(spec) / "model"
+            if not (model_dir / "config.json").is_file():
+                raise RuntimeError(f"pretraining finished without a model at {model_dir}")
+            return {"model": str(model_dir), "val": _last_eval(self.pretrain_dir(spec))}
+
+        est = 10 + s.pretrain_steps * s.pretrain_batch * s.seconds_per_pretrain_row
+        return Stage(f"pretrain-{spec.name}", run, est,
+                     f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, {spec.data_fraction:.0%} of the pairs)")
+
+    def load_model(self, row: Row):
+        """The row's starting point: its pretrained weights, or a fresh model (text from MiniLM)."""
+        import torch
+
+        from vilbert.model import ViLBertConfig, build_model, init_text_stream_from_bert, load_pretrained
+
+        if row.pretrained:
+            return load_pretrained(self.pretrain_dir(row.model) / "model")
+        torch.manual_seed(self.sizes.seed)  # the same initial weights on every rerun
+        model = build_model(ViLBertConfig.from_json(self.config_path(row.model)))
+        if self.sizes.text_init:
+            init_text_stream_from_bert(model, _text_init(self.sizes))
+        return model
+
+    def build_task(self, name: str, **options: Any):
+        from vilbert.tasks.builder import build_task
+
+        return build_task(name, self.world, self.features, max_regions=self.sizes.max_regions, **options)
+
+    def run_dir(self, row: Row, task: str) -> Path:
+        return self.out / "runs" / row.key / task
+
+    def finetune_stage(self, row: Row, task_name: str) -> Stage:
+        s = self.sizes
+        ft = s.finetune[task_name]
+
+        def run() -> dict[str, Any]:
+            import torch
+
+            from vilbert.train import TrainConfig, train
+
+            torch.manual_seed(s.seed)
+            task = self.build_task(task_name)
+            model = self.load_model(row)
+            config = TrainConfig(lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed,
+                                 warmup_fraction=0.1, progress=True)
+            out = self.run_dir(row, task_name)
+            train(model, task, config, out, resume=True, eval_splits=())
+            metrics = task.evaluate(model, s.eval_split)
+            write_json(out / "metrics.json", {"split": s.eval_split, "metrics": metrics})
+            return {"split": s.eval_split, "metrics": metrics}
+
+        est = ft.steps * ft.batch_size * s.seconds_per_finetune_row * (4 if task_name in ("vcr", "retrieval") else 1)
+        return Stage(f"{row.key}-{task_name}", run, est + 10,
+                     f"fine-tune and evaluate {task_name} ({ft.steps} steps of {ft.batch_size})")
+
+    def zero_shot_stage(self, row: Row) -> Stage:
+        s = self.sizes
+
+        def run() -> dict[str, Any]:
+            task = self.build_task("retrieval", zero_shot=True)  # the alignment head scores the pairs
+            model = self.load_model(row)
+            metrics = task.evaluate(model, s.eval_split)
+            out = self.run_dir(row, ZERO_SHOT)
+            write_json(out / "metrics.json", {"split": s.eval_split, "metrics": metrics})
+            return {"split": s.eval_split, "metrics": metrics}
+
+        return Stage(f"{row.key}-{ZERO_SHOT}", run, 20.0, "zero-shot retrieval (alignment head, no fine-tuning)")
+
+
+def _text_init(sizes: DemoSizes) -> str:
+    if not sizes.text_init:
+        return "none"
+    from vilbert.cli.pretrain import shipped_minilm_dir
+
+    return str(shipped_minilm_dir())
+
+
+def _last_eval(run_dir: Path) -> dict[str, str]:
+    import csv
+
+    path = run_dir / "eval_log.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}
+
+
+def sizes_from_dict(data: dict[str, Any]) -> DemoSizes:
+    data = dict(data)
+    data["finetune"] = {k: FinetuneSizes(**v) for k, v in data.get("finetune", {}).items()}
+    return DemoSizes(**data)
+
+
+def with_overrides(sizes: DemoSizes, **overrides: Any) -> DemoSizes:
+    return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+
+
+RowMetrics = Callable[[Row], dict[str, Any]]

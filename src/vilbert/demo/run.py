@@ -1,0 +1,82 @@
+"""`run_demo`: build the plan, run its stages (skipping finished ones), write and print the tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from vilbert.demo.plan import TASKS, ZERO_SHOT, DemoPlan, DemoSizes, build_plan
+from vilbert.demo.results import ResultsTable, check_claims, make_table, write_results
+from vilbert.demo.stages import StageRunner
+from vilbert.io.atomic import write_json
+
+SETTINGS_FILE = "demo.json"
+
+
+def check_settings(out: Path, sizes: DemoSizes) -> None:
+    """Refuse to mix runs: OUT must hold a demo with the same sizes (or nothing)."""
+    path = out / SETTINGS_FILE
+    wanted = json.loads(json.dumps(sizes.to_dict()))
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != wanted:
+            changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+            raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
+                                  "choose another --out or delete it")
+    else:
+        write_json(path, wanted)
+
+
+def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream: TextIO | None = None,
+             heartbeat_s: float = 30.0) -> dict[str, Any]:
+    """Run the demo into `out`; returns {table name: {"table": ..., "text": markdown}}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, sizes)
+    plan = build_plan(out, sizes, ablations)
+    stream = stream or sys.stdout
+    for task, why in plan.skipped.items():
+        print(f"vilbert demo: skipping {task}: {why}", file=stream)
+    runner = StageRunner(out, stream=stream, heartbeat_s=heartbeat_s)
+    runner.run(plan.stages)
+    write_json(out / "timings.json", {k: round(v, 1) for k, v in runner.timings.items()})
+    return write_tables(plan, runner.results, stream)
+
+
+def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """row key -> task -> metrics, from the stage results."""
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for table in plan.tables:
+        for row in table.rows:
+            for task in (*TASKS, ZERO_SHOT):
+                result = results.get(f"{row.key}-{task}")
+                if result:
+                    metrics.setdefault(row.key, {})[task] = result["metrics"]
+    return metrics
+
+
+def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dict[str, Any]:
+    metrics = collect_metrics(plan, results)
+    world = results.get("world") or {}
+    test_images = (world.get("images") or {}).get(plan.sizes.eval_split)
+    notes = [f"{task}: {why}" for task, why in plan.skipped.items()]
+    notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
+                 f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
+                 "every row uses the same settings")
+    written: dict[str, Any] = {}
+    for table_plan in plan.tables:
+        rows = [(r.key, r.label) for r in table_plan.rows]
+        table = make_table(table_plan.title, rows, metrics, notes, test_images)
+        claims = _claims(table) if table_plan.name == "results" else None
+        text = write_results(table, plan.out, table_plan.name, claims, {"sizes": plan.sizes.to_dict()})
+        print("\n" + text, file=stream)
+        print(f"wrote {plan.out / table_plan.name}.md, .json, .png", file=stream)
+        written[table_plan.name] = {"table": table, "text": text}
+    return written
+
+
+def _claims(table: ResultsTable):
+    labels = dict(zip(table.keys, table.rows))
+    return check_claims(table, labels["vilbert"], labels["vilbert_scratch"], labels["single_stream"])
