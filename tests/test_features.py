@@ -248,3 +248,18 @@ def test_regions_see_their_objects(tmp_path, backbone):
     f = f / np.linalg.norm(f, axis=1, keepdims=True)
     sim = f @ f.T
     assert sim[0, 2] > 0.8 and sim[0, 2] > sim[0, 1] + 0.3 and sim[0, 2] > sim[0, 3] + 0.3
+
+
+def test_output_stride_16(world, tmp_path, backbone):
+    entries = read_coco_boxes(world / "proposals.json", world / "images")[:1]
+    fine = load_backbone(output_stride=16)
+    with torch.inference_mode():
+        assert fine(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 1280, SIZE // 16, SIZE // 16)
+    extract_features(entries, tmp_path / "s", ExtractConfig(image_size=SIZE), backbone=backbone, progress=False)
+    with pytest.raises(ValueError, match="stride=32 but this job writes stride=16"):
+        extract_features(entries, tmp_path / "s", ExtractConfig(image_size=SIZE, output_stride=16), backbone=fine,
+                         progress=False)
+    extract_features(entries, tmp_path / "s16", ExtractConfig(image_size=SIZE, output_stride=16), backbone=fine,
+                     progress=False)
+    store = FeatureStore(tmp_path / "s16")
+    assert store.meta["stride"] == 16 and store["0"].features.shape == (12, 1280)

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per backbone batch")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
                         help="longer image side after resizing, multiple of 32 (default %(default)s)")
+    parser.add_argument("--output-stride", type=int, choices=(16, 32), default=defaults.output_stride,
+                        help="feature map stride; 16 = twice finer map (atrous last stage), ~2x slower")
     parser.add_argument("--min-boxes", type=int, default=defaults.min_boxes)
     parser.add_argument("--max-boxes", type=int, default=defaults.max_boxes)
     parser.add_argument("--nms-iou", type=float, default=defaults.iou_threshold, help="NMS IoU for detector boxes")
@@ -47,7 +49,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     from vilbert.features.extract import extract_features
 
     config = ExtractConfig(
-        image_size=args.image_size, batch_size=args.batch_size, min_boxes=args.min_boxes,
+        image_size=args.image_size, output_stride=args.output_stride, batch_size=args.batch_size, min_boxes=args.min_boxes,
         max_boxes=args.max_boxes, iou_threshold=args.nms_iou, score_threshold=args.score_threshold,
         fp16_store=args.fp16_store, workers=args.workers,
     )

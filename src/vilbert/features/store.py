@@ -220,7 +220,7 @@ class FeatureStore:
 
 
 # Metadata keys that must agree when a job appends to an existing store.
-_COMPATIBLE_KEYS = ("backbone", "feature_dim", "num_classes", "dtype")
+_COMPATIBLE_KEYS = ("backbone", "feature_dim", "num_classes", "dtype", "image_size", "stride")
 
 
 class FeatureStoreWriter:
