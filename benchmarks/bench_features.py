@@ -7,14 +7,17 @@ Each size runs the whole pipeline (decode, backbone, RoIAlign, classifier, LMDB 
 first batch is a warm-up. Store reads: `FeatureStore.get_many` of 64 ids (model-ready tensors).
 The machine is shared: print `uptime` beside the figures; a load above 2 makes them meaningless.
 
-Last figures (2 threads): quiet machine (load < 2): backbone alone at 384 ~14 images/s with
-channels_last (7 without). Loaded machine (load 7-14 on 2 cores): 1-4 images/s end to end.
+Last figures (2 threads, batch 8): quiet machine (load < 2, first session hour): backbone alone
+at 384 ~14 images/s with channels_last (~7 without). Loaded machine (load 12.8 on 2 CPUs):
+end to end 3.2 images/s at 224 (8.2 per CPU-second), 1.0 at 384 (2.8 per CPU-second); store
+reads ~3,000 images/s (get_many, 64 ids, 37 x 1280 float32 + 1000-class cls_prob).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,13 +51,15 @@ def make_images(root: Path, count: int, side: int = 300, boxes: int = 24) -> Pat
     return root
 
 
-def bench_extract(root: Path, size: int, batch: int, backbone) -> float:
+def bench_extract(root: Path, size: int, batch: int, backbone) -> tuple[float, float]:
+    """(images per wall second, images per CPU second); the second is steadier on a shared machine."""
     entries = read_coco_boxes(root / "proposals.json", root / "images")
     config = ExtractConfig(image_size=size, batch_size=batch)
     warm = root / f"warm{size}"
     extract_features(entries[:batch], warm, config, backbone=backbone, progress=False)
+    cpu = time.process_time()
     report = extract_features(entries, root / f"store{size}", config, backbone=backbone, progress=False)
-    return report.images_per_second
+    return report.images_per_second, report.written / (time.process_time() - cpu)
 
 
 @torch.inference_mode()
@@ -90,12 +95,13 @@ def main() -> None:
     backbone = load_backbone()
     with tempfile.TemporaryDirectory() as tmp:
         root = make_images(Path(tmp), args.images)
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"{args.images} images 300x300, 24 boxes each, batch {args.batch_size}, {args.threads} threads")
         for size in args.sizes:
-            rate = bench_extract(root, size, args.batch_size, backbone)
+            rate, per_cpu = bench_extract(root, size, args.batch_size, backbone)
             alone = bench_backbone(size, args.batch_size, backbone)
-            print(f"  image_size {size}: {rate:6.1f} images/s end to end ({args.images / rate:.1f} s); "
-                  f"backbone alone {alone:6.1f} images/s")
+            print(f"  image_size {size}: {rate:6.1f} images/s end to end ({args.images / rate:.1f} s), "
+                  f"{per_cpu:5.1f} images per CPU-second; backbone alone {alone:6.1f} images/s")
         reads = bench_reads(root / f"store{args.sizes[0]}")
         print(f"  store reads (get_many, 64 ids, float32): {reads:8.0f} images/s")
 
