@@ -6,9 +6,11 @@ object; the program is kept beside the text so tests can re-check uniqueness aga
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
-from vilbert.world.scene import OPPOSITE, RELATIONS, Scene, relation, resolve, select, unique_filter
+from vilbert.world.scene import RELATIONS, Scene, relation, resolve, select, unique_filter
 
 REL_PHRASES: dict[str, tuple[str, ...]] = {
     "left": ("left of", "to the left of"),
@@ -57,9 +59,12 @@ def _a(phrase: str) -> str:
 def _caption(scene: Scene, rng: np.random.Generator, style: int) -> str:
     n = len(scene.objects)
     order = [int(i) for i in rng.permutation(n)]
-    if style == 0:  # list of objects
-        names = [_a(describe_object(scene, i)) for i in order[:3]]
-        return pick(rng, ("a picture of ", "an image with ", "")) + ", ".join(names[:-1]) + " and " + names[-1]
+    if style == 0:  # list of objects, identical ones counted: "two small red circles"
+        counts = collections.Counter(describe_object(scene, i) for i in order)
+        names = [_a(d) if k == 1 else f"{NUMBER_WORDS[k]} {d}{'es' if d.endswith('s') else 's'}"
+                 for d, k in list(counts.items())[:3]]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return pick(rng, ("a picture of ", "an image with ", "")) + listed
     if style == 1:  # one relation
         pairs = _clear_pairs(scene)
         if pairs:
@@ -77,7 +82,7 @@ def _caption(scene: Scene, rng: np.random.Generator, style: int) -> str:
         colours = sorted({o.colour for o in scene.objects})
         if len(colours) > 1:
             return f"{pick(rng, ('shapes in', 'objects colored', 'a scene in'))} {', '.join(colours[:-1])} and {colours[-1]}"
-    # style 4 (and fallback): the largest object first, then a relation-free mention of another
+    # style 4, and the fallback of styles that do not fit the scene: two objects, no relation
     i, j = order[0], order[1]
     return f"there is {_a(describe_object(scene, i))} {pick(rng, ('near', 'and', 'along with'))} {_a(describe_object(scene, j))}"
 
@@ -135,4 +140,4 @@ def tokenize(text: str) -> list[str]:
     return text.replace("?", " ?").replace(",", " ,").split()
 
 
-__all__ = ["captions", "referring_program", "program_text", "noun_phrase", "tokenize", "OPPOSITE"]
+__all__ = ["captions", "referring_program", "program_text", "noun_phrase", "tokenize"]
