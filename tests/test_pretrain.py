@@ -235,12 +235,13 @@ def test_pretraining_lowers_the_loss(world, tmp_path):
 
 def test_small_preset_text_stream_starts_from_minilm(world, tmp_path):
     out = tmp_path / "small"
-    # step 1 runs at learning rate 0 (warm-up), so the saved text stream is exactly the init
+    # step 1 of 10 runs at learning rate 0 (warm-up), so its checkpoint's text stream is exactly the init
     argv = ["--data", str(world / "world"), "--features", str(world / "store"), "--out", str(out),
-            "--preset", "small", "--max-steps", "1", "--batch-size", "2", "--no-progress"]
+            "--preset", "small", "--max-steps", "10", "--stop-after", "1", "--batch-size", "2", "--no-progress"]
     assert pretrain_main(argv) == 0
     minilm = load_file(str(shipped_minilm_dir() / "model.safetensors"))
-    ours = load_file(str(out / "model" / "model.safetensors"))
+    assert float(_rows(out / "train_log.csv")[0]["lr"]) == 0.0
+    ours = load_file(str(out / "checkpoints" / "step_1" / "model.safetensors"))
     bert_key = next(k for k in minilm if k.endswith("embeddings.word_embeddings.weight"))
     assert torch.equal(ours["text_embeddings.word.weight"], minilm[bert_key])
 
