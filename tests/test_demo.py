@@ -1,0 +1,169 @@
+"""The demo: stage runner (skip, resume, logs, errors), results writer and claims, settings guard,
+and (slow) `vilbert demo --quick` end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from vilbert.demo.plan import TASKS, build_plan, default_sizes, quick_sizes
+from vilbert.demo.results import COLUMNS, check_claims, make_table, write_results
+from vilbert.demo.run import check_settings
+from vilbert.demo.stages import Stage, StageError, StageRunner
+
+
+def _runner(tmp_path: Path) -> tuple[StageRunner, io.StringIO]:
+    stream = io.StringIO()
+    return StageRunner(tmp_path, stream=stream), stream
+
+
+def test_runner_skips_finished_stages_and_keeps_results(tmp_path):
+    calls: list[str] = []
+
+    def stage(name: str, value: int) -> Stage:
+        def run():
+            calls.append(name)
+            print(f"working on {name}")
+            return {"value": value}
+        return Stage(name, run, estimate_s=5.0, description=f"make {name}")
+
+    stages = [stage("a", 1), stage("b", 2)]
+    runner, stream = _runner(tmp_path)
+    assert runner.run(stages) == {"a": {"value": 1}, "b": {"value": 2}}
+    assert calls == ["a", "b"]
+    assert "[1/2] a - make a" in stream.getvalue() and "left" in stream.getvalue()
+    # The stage's own output went to its log, not to the progress stream.
+    assert "working on a" in (tmp_path / "logs" / "a.log").read_text()
+    assert "working on a" not in stream.getvalue()
+    marker = json.loads((tmp_path / "stages" / "b.json").read_text())
+    assert marker["result"] == {"value": 2} and marker["seconds"] >= 0
+
+    again, stream = _runner(tmp_path)
+    assert again.run(stages) == {"a": {"value": 1}, "b": {"value": 2}}
+    assert calls == ["a", "b"]  # nothing ran twice
+    assert "reused" in stream.getvalue()
+
+
+def test_runner_failure_leaves_no_marker_and_a_rerun_resumes(tmp_path):
+    state = {"fail": True, "runs": 0}
+    progress = tmp_path / "partial.txt"
+
+    def flaky():
+        state["runs"] += 1
+        # Work done before the failure survives (like a trainer's checkpoint) and is reused.
+        done = int(progress.read_text()) if progress.exists() else 0
+        progress.write_text(str(done + 1))
+        if state["fail"]:
+            raise RuntimeError("disk on fire")
+        return {"units": done + 1}
+
+    stages = [Stage("first", lambda: {"ok": True}), Stage("flaky", flaky), Stage("last", lambda: None)]
+    runner, _ = _runner(tmp_path)
+    with pytest.raises(StageError, match=r"stage 'flaky' failed: RuntimeError: disk on fire .*flaky\.log"):
+        runner.run(stages)
+    assert (tmp_path / "stages" / "first.json").exists()
+    assert not (tmp_path / "stages" / "flaky.json").exists()
+    assert not (tmp_path / "stages" / "last.json").exists()
+    assert "disk on fire" in (tmp_path / "logs" / "flaky.log").read_text()  # the traceback is logged
+
+    state["fail"] = False
+    results = _runner(tmp_path)[0].run(stages)
+    assert results["flaky"] == {"units": 2}  # resumed from the first attempt's work
+    assert results["last"] is None and state["runs"] == 2
+
+
+def test_runner_rejects_duplicate_names(tmp_path):
+    with pytest.raises(ValueError, match="repeated: \\['x'\\]"):
+        _runner(tmp_path)[0].run([Stage("x", lambda: None), Stage("x", lambda: None)])
+
+
+def _fake_metrics(boost: float) -> dict:
+    return {
+        "vqa": {"accuracy": 0.5 + boost}, "vcr": {"q_a": 0.4 + boost, "qa_r": 0.45 + boost, "q_ar": 0.2 + boost},
+        "refer": {"accuracy": 0.6 + boost},
+        "retrieval": {"ir_r1": 0.3 + boost, "ir_r5": 0.6 + boost, "ir_r10": 0.7 + boost},
+        "zero_shot_retrieval": {"ir_r1": 0.01 + 3 * boost, "ir_r5": 0.05 + boost, "ir_r10": 0.1 + boost},
+    }
+
+
+ROWS = [("single_stream", "Single"), ("vilbert_scratch", "Scratch"), ("vilbert", "ViLBERT")]
+
+
+def test_results_table_markdown_json_png_and_claims(tmp_path):
+    metrics = {"single_stream": _fake_metrics(0.05), "vilbert_scratch": _fake_metrics(0.0),
+               "vilbert": _fake_metrics(0.1)}
+    metrics["vilbert"]["refer"]["accuracy"] = 0.55  # below the single-stream row: that claim must fail
+    del metrics["vilbert_scratch"]["vcr"]  # a task that did not run
+    table = make_table("Table", ROWS, metrics, ["a note"], test_images=100)
+    assert table.values["ViLBERT"]["VQA"] == 60.0
+    assert table.values["Scratch"]["VCR Q->A"] is None
+    assert table.chance["Zero-shot R@1"] == 1.0 and table.chance["Retrieval R@10"] == 10.0
+
+    claims = check_claims(table, "ViLBERT", "Scratch", "Single")
+    by_text = {c.text: c for c in claims}
+    assert by_text["pretraining helps: VQA"].held is True
+    assert by_text["pretraining helps: VCR Q->A"].held is None  # not run -> not checked
+    assert by_text["two streams beat one: RefCOCO+"].held is False
+    assert by_text["zero-shot retrieval far above chance"].held is True  # 31% vs 1% chance
+
+    text = write_results(table, tmp_path, "results", claims)
+    md = (tmp_path / "results.md").read_text()
+    assert md == text
+    header = md.splitlines()[2]
+    assert all(column in header for column, _, _ in COLUMNS)
+    assert "| ViLBERT | 60.0 |" in md and "| chance |" in md and "- a note" in md
+    assert "[NOT held] two streams beat one: RefCOCO+" in md
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["values"]["Single"]["Retrieval R@5"] == 65.0
+    assert {c["claim"]: c["held"] for c in data["claims"]}["pretraining helps: VQA"] is True
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_names_every_row_and_task(tmp_path):
+    plan = build_plan(tmp_path, default_sizes(), ablations=True)  # small preset: 6 text layers
+    names = [s.name for s in plan.stages]
+    assert names[:2] == ["world", "features"]
+    assert len(names) == len(set(names))
+    for row in ("single_stream", "vilbert_scratch", "vilbert", "vilbert_depth4", "vilbert_data25"):
+        for task in TASKS:
+            assert f"{row}-{task}" in names
+        assert f"{row}-zero_shot_retrieval" in names
+    assert "pretrain-vilbert" in names and "pretrain-single_stream" in names
+    assert "pretrain-vilbert_data50" in names
+    assert [t.name for t in plan.tables] == ["results", "ablation_depth", "ablation_data"]
+    assert "pretrain-vilbert_scratch" not in names  # the unpretrained row is never pretrained
+    assert "vilbert_depth6-vqa" in names and "vilbert_depth2-vqa" not in names  # depth 2 is the main row
+
+
+def test_settings_of_an_existing_demo_are_not_mixed(tmp_path):
+    sizes = quick_sizes()
+    check_settings(tmp_path, sizes)
+    check_settings(tmp_path, sizes)  # the same settings: fine
+    from dataclasses import replace
+
+    with pytest.raises(FileExistsError, match="differs in: images"):
+        check_settings(tmp_path, replace(sizes, images=99))
+
+
+@pytest.mark.slow
+def test_vilbert_demo_quick_end_to_end(tmp_path):
+    from vilbert.cli.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out), "--heartbeat", "0"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["rows"] == ["Single-stream (pretrained)", "ViLBERT, no pretraining", "ViLBERT (pretrained)"]
+    for row in data["rows"]:
+        for column, value in data["values"][row].items():
+            assert value is not None and 0.0 <= value <= 100.0, (row, column, value)
+    assert (out / "results.png").stat().st_size > 0 and (out / "results.md").is_file()
+    assert (out / "runs" / "pretrain" / "vilbert" / "model" / "model.safetensors").is_file()
+    assert (out / "runs" / "vilbert" / "vqa" / "metrics.json").is_file()
+    assert (out / "logs" / "pretrain-vilbert.log").is_file()
+    # A rerun reuses every stage and writes the same table.
+    before = (out / "results.json").read_text()
+    assert main(["--quick", "--out", str(out), "--heartbeat", "0"]) == 0
+    assert (out / "results.json").read_text() == before
