@@ -15,7 +15,7 @@ from vilbert.model import build_model, load_preset
 from vilbert.model.pair_cache import ImageInputs, TextInputs, logits_to_score, score_matrix
 from vilbert.tasks.base import get_task
 from vilbert.tasks.common import TaskData
-from vilbert.tasks.retrieval import CaptionRow, image_retrieval_recall, recalls, text_retrieval_recall
+from vilbert.tasks.retrieval import image_retrieval_recall, recalls, text_retrieval_recall
 from vilbert.train import TrainConfig, train
 from vilbert.world import generate_world
 

@@ -36,8 +36,9 @@ def target_box_in_store_pixels(expr: ReferExpression, regions: ImageRegions) -> 
     """The referred box [4] in the pixel frame of the stored regions (rescaled if the store's
     image size differs from the annotation's)."""
     box = np.asarray(expr.box, dtype=np.float64)
-    if expr.image_width and expr.image_height and (expr.image_width, expr.image_height) != (regions.width, regions.height):
-        box = box * np.array([regions.width / expr.image_width, regions.height / expr.image_height] * 2)
+    size = (expr.image_width, expr.image_height)
+    if all(size) and size != (regions.width, regions.height):
+        box = box * np.array([regions.width / size[0], regions.height / size[1]] * 2)
     return box
 
 

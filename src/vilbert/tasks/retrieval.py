@@ -58,7 +58,8 @@ class RetrievalSplit:
     first_caption: list[int]  # [Ni] index of each image's first caption
 
 
-def image_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
+def image_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor,
+                           ks: Sequence[int] = KS) -> dict[str, float]:
     """scores [Nt,Ni], caption_image [Nt] -> ir_rK: share of captions whose image ranks < K."""
     true = scores.gather(1, caption_image[:, None])  # [Nt,1]
     others = torch.ones_like(scores, dtype=torch.bool).scatter_(1, caption_image[:, None], False)
@@ -66,7 +67,8 @@ def image_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor, ks
     return {f"ir_r{k}": float((rank < k).float().mean()) for k in ks}
 
 
-def text_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
+def text_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor,
+                          ks: Sequence[int] = KS) -> dict[str, float]:
     """scores [Nt,Ni], caption_image [Nt] -> tr_rK: share of images with one of their captions ranked < K."""
     n_images = scores.shape[1]
     own = caption_image[:, None] == torch.arange(n_images, device=scores.device)[None]  # [Nt,Ni]
