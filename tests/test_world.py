@@ -234,3 +234,24 @@ def test_cli_writes_a_world_and_rejects_bad_fractions(tmp_path, capsys):
     assert (tmp_path / "w" / "world.json").exists()
     assert world_main(["--out", str(tmp_path / "x"), "--images", "5", "--train-fraction", "0.95"]) == 2
     assert "test" in capsys.readouterr().err
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_referents_need_the_image(world):
+    """Without looking, the best guess is a proposal's score: it finds the referent rarely."""
+    props = json.loads((world / "proposals.json").read_text())
+    boxes = collections.defaultdict(list)
+    for a in props["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes[a["image_id"]].append((a["score"], (x, y, x + w, y + h)))
+    exprs = read_refer(world / "refcoco+")
+    top = np.mean([_iou(max(boxes[int(e.image_id)])[1], e.box) >= 0.5 for e in exprs])
+    hit_somewhere = np.mean([any(_iou(b, e.box) >= 0.5 for _, b in boxes[int(e.image_id)]) for e in exprs])
+    assert hit_somewhere == 1.0  # the true box is always among the proposals
+    assert top < 0.4, top
