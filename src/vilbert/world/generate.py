@@ -57,6 +57,11 @@ class WorldConfig:
             raise ValueError(f"num_images={self.num_images}: need at least 3 (one per split)")
         if not 64 <= self.image_size <= 1024:
             raise ValueError(f"image_size={self.image_size}: expected 64..1024 pixels")
+        # Ids are built as image_id * 10 + ref, ref_id * 10 + sentence, image_id * 100 + question.
+        if not (1 <= self.refs_per_image <= 10 and 1 <= self.sentences_per_ref <= 10
+                and 1 <= self.questions_per_family <= 25):
+            raise ValueError(f"refs_per_image={self.refs_per_image}, sentences_per_ref={self.sentences_per_ref}, "
+                             f"questions_per_family={self.questions_per_family}: expected 1..10, 1..10, 1..25")
         test = 1.0 - self.train_fraction - self.val_fraction
         if min(self.train_fraction, self.val_fraction, test) <= 0:
             raise ValueError(f"split fractions train={self.train_fraction} val={self.val_fraction} "
