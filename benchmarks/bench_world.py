@@ -7,6 +7,12 @@ writing), the extrapolated time for 50,000 images, the output size per image, an
 text-only guessers against the per-type majority answer on the world's own VQA questions.
 With --probe it also fits a linear probe on ImageNet efficientnet-lite0 features of object crops
 (does the backbone the features come from tell the colours and shapes apart?).
+
+Last printed (2 shared cores, load average 6-12 from other jobs; `--images 3000 --workers 2 --probe`):
+    wall 28-58 images/s (the neighbours' share); CPU time 9.9-10.5 ms per image -> ~190-200 images/s
+    on 2 free cores, 50,000 images in ~4.2 min; ~35 KiB per image on disk (PNG at 224 px + annotations)
+    VQA: majority answer per type 0.458, best text-only guesser 0.462 (gain +0.004)
+    linear probe on efficientnet-lite0 crop features: colour 0.833, shape 0.969 (845 training objects)
 """
 
 from __future__ import annotations
