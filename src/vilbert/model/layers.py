@@ -32,9 +32,13 @@ def activation(name: str):
 
 
 def key_mask(mask: Tensor) -> Tensor | None:
-    """[B, S] 1/0 (or bool) -> bool [B, 1, 1, S] for `attend`, or None when nothing is padded."""
+    """[B, S] 1/0 (or bool) -> bool [B, 1, 1, S] for `attend`, or None when nothing is padded.
+
+    The "nothing padded" test reads the mask's values, which on an accelerator would stall the
+    host once per forward; there the mask is kept (the kernels take it at no real cost).
+    """
     mask = mask.bool()
-    if bool(mask.all()):
+    if mask.device.type == "cpu" and bool(mask.all()):
         return None  # lets SDPA pick its fastest kernel
     return mask[:, None, None, :]
 
@@ -44,16 +48,20 @@ def attend(
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention. q [B,H,L,E], k/v [B,H,S,E] -> context [B,L,H*E], probs.
 
-    The fused kernel (`F.scaled_dot_product_attention`) is used unless the caller needs the
-    attention probabilities; the explicit path computes the same formula.
+    Two paths compute the same formula, softmax(q k^T / sqrt(E), masked) -> dropout -> @ v:
+    the fused kernel (`F.scaled_dot_product_attention`) when no dropout is applied, and the
+    explicit one when the caller needs the probabilities or applies dropout (on CPU, SDPA with
+    dropout falls back to a composite path that is slower than the explicit one at these
+    lengths). Probabilities are returned before dropout.
     """
     b, h, length, e = q.shape
-    if need_weights:
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(e)  # [B,H,L,S]
+    if need_weights or (dropout_p > 0.0 and q.device.type == "cpu"):
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # [B,H,L,S]
         if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(mask.logical_not(), torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1)
         context = F.dropout(probs, dropout_p) @ v  # [B,H,L,E]
+        probs = probs if need_weights else None
     else:
         probs = None
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
