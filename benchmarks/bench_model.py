@@ -9,10 +9,16 @@ interleaved with the model timings (shared machines drift by up to 25% between r
 
 The original code reached 2.6 samples/s training (~49% of peak) and 10.8 samples/s inference here.
 
-Last printed (--steps 3, on a heavily shared 2-core machine: load average ~4, peak 38.7 instead of
-the usual 280-322 GFLOP/s, so absolute rates are not comparable with the figures above):
-    training step    batch  8: 32362.9 ms  0.25 samples/s  380.2 GFLOP  11.7 GFLOP/s  30.3% of peak
-    inference (vqa)  batch 32: 15203.8 ms  2.10 samples/s  488.8 GFLOP  32.2 GFLOP/s  83.0% of peak
+Results (2026-11-22, torch 2.13.0 CPU, 2 threads, --steps 3). The machine was shared with other
+jobs (load average 5-13 on 2 cores; the 2048^3 peak read 12-39 GFLOP/s instead of the usual
+280-322), so only the % of the same-run peak is meaningful, and even that favours inference: many
+small training ops each wait on a descheduled thread. Under load the training figure is a floor.
+    before (SDPA everywhere; SDPA with dropout falls back to a composite path on CPU):
+        training step    batch  8: 23.7-30.3% of peak   inference (vqa) batch 32: 75.7-83.0% of peak
+    after (explicit attention under dropout in training, SDPA in eval):
+        AFTER_PLACEHOLDER
+At 1 thread a profiled training step spends ~83% of its time in matmuls (mm/addmm/bmm), ~3.5% in
+fused AdamW, ~3% in dropout's bernoulli draws and the rest in small elementwise ops and copies.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from vilbert.model import build_model, load_preset
+from vilbert.model import build_model, layers, load_preset
+
+layers_attend = layers.attend
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -84,6 +92,28 @@ def make_optimizer(model):
         return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True), "foreach"
 
 
+def sdpa_attend(q, k, v, mask, dropout_p=0.0, need_weights=False):
+    """The previous attention: SDPA for every call without probabilities, dropout included."""
+    if need_weights:
+        return layers_attend(q, k, v, mask, dropout_p, need_weights)
+    b, h, length, e = q.shape
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return context.transpose(1, 2).reshape(b, length, h * e), None  # [B,L,H*E]
+
+
+def attention_ab(step, steps: int) -> None:
+    """Training step with the library's attention vs SDPA everywhere, interleaved (A/B ratio)."""
+    times: dict[str, list[float]] = {"library": [], "sdpa": []}
+    for _ in range(steps):
+        for name, fn in (("library", layers_attend), ("sdpa", sdpa_attend)):
+            layers.attend = fn
+            times[name] += timed(step, 1)
+    layers.attend = layers_attend
+    lib, sdpa = (statistics.median(times[n]) for n in ("library", "sdpa"))
+    print(f"training step, attention A/B ({steps} interleaved pairs): library {lib * 1000:.1f} ms, "
+          f"SDPA everywhere {sdpa * 1000:.1f} ms, speed-up {sdpa / lib:.3f}x")
+
+
 def count_flops(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -104,6 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--preset", default="base")
+    parser.add_argument("--attention-ab", action="store_true", help="also time training attention A/B")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -131,9 +162,12 @@ def main() -> None:
         train_times += timed(step, 1)
         model.eval()
         infer_times += timed(infer, 1)
+    if args.attention_ab:
+        model.train()
+        attention_ab(step, args.steps)
     peak = statistics.median(peaks)
     t_train, t_infer = statistics.median(train_times), statistics.median(infer_times)
-    print(f"preset {args.preset}, fp32, {args.threads} threads, torch {torch.__version__}, AdamW {kind}")
+    print(f"preset {args.preset}, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}, AdamW {kind}")
     print(f"fp32 matmul peak (2048^3, median of {len(peaks)}): {peak:.1f} GFLOP/s")
     for name, batch, flops, t in (("training step", 8, train_flops, t_train), ("inference (vqa)", 32, infer_flops, t_infer)):
         rate = flops / t / 1e9
