@@ -5,8 +5,9 @@ W attention width, D stream width, F feed-forward width.
 
 One projection (`QKV`) and one attention function (`attend`) serve self-attention and
 co-attention: a co-attention layer is two `QKV` projections whose queries are swapped before
-`attend`. Masks are boolean `[B, 1, 1, S]` (True = a real key) or None when nothing is padded; a
-padded key gets exactly zero weight, so padding never changes a real position's output.
+`attend`. Masks are boolean `[B, 1, 1, S]` (True = a real key) or None when nothing is padded
+(checked on CPU only); a padded key gets exactly zero weight, so padding never changes a real
+position's output.
 """
 
 from __future__ import annotations
