@@ -50,7 +50,8 @@ class StageRunner:
     stream: TextIO | None = None  # progress lines (default: the real stderr)
     heartbeat_s: float = 0.0  # > 0: also print a progress line every this many seconds
     results: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds of this process per stage
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -83,6 +84,7 @@ class StageRunner:
                 stored = self.load(stage.name)
                 self.results[stage.name] = stored.get("result")
                 self.timings[stage.name] = float(stored.get("seconds", 0.0))
+                self.cpu_timings[stage.name] = float(stored.get("cpu_seconds", 0.0))
                 self._say(f"[{k}/{len(stages)}] {stage.name}: done earlier ({_fmt(self.timings[stage.name])}), reused")
                 continue
             ratio = spent / estimated if estimated > 0 else 1.0
@@ -129,6 +131,7 @@ class StageRunner:
                                              "cpu_seconds": round(cpu, 3), "result": result})
         self.results[stage.name] = result
         self.timings[stage.name] = seconds
+        self.cpu_timings[stage.name] = cpu
         return seconds
 
     def _tick(self, stop: threading.Event, name: str, k: int, n: int, start: float, t0: float,
