@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vilbert.demo.stages import Stage
 from vilbert.io.atomic import write_json
@@ -179,7 +179,7 @@ def available_tasks() -> set[str]:
     return set(list_tasks())
 
 
-def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False, threads: int | None = None) -> DemoPlan:
+def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> DemoPlan:
     """The stages of the demo (and its ablations) into `out`."""
     out = Path(out)
     ctx = _Context(out, sizes)
@@ -403,5 +403,3 @@ def sizes_from_dict(data: dict[str, Any]) -> DemoSizes:
 def with_overrides(sizes: DemoSizes, **overrides: Any) -> DemoSizes:
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
 
-
-RowMetrics = Callable[[Row], dict[str, Any]]
