@@ -66,12 +66,16 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
                  f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
                  "every row uses the same settings")
+    # Pretraining's last validation numbers (alignment accuracy says whether zero-shot can work).
+    pretraining = {name[len("pretrain-"):]: (r or {}).get("val") for name, r in results.items()
+                   if name.startswith("pretrain-")}
     written: dict[str, Any] = {}
     for table_plan in plan.tables:
         rows = [(r.key, r.label) for r in table_plan.rows]
         table = make_table(table_plan.title, rows, metrics, notes, test_images)
         claims = _claims(table) if table_plan.name == "results" else None
-        text = write_results(table, plan.out, table_plan.name, claims, {"sizes": plan.sizes.to_dict()})
+        text = write_results(table, plan.out, table_plan.name, claims,
+                             {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining})
         print("\n" + text, file=stream)
         print(f"wrote {plan.out / table_plan.name}.md, .json, .png", file=stream)
         written[table_plan.name] = {"table": table, "text": text}
