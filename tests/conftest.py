@@ -22,3 +22,18 @@ def reference_dir() -> Path:
             pytest.fail(f"CI=true but the reference fixture is missing at {REFERENCE_FIXTURE}")
         pytest.skip(f"reference fixture not found at {REFERENCE_FIXTURE} (it lives in ../shared/)")
     return REFERENCE_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def task_world(tmp_path_factory) -> Path:
+    """A tiny world and its real feature store, shared by the task test files of one session."""
+    from vilbert.features.boxes import read_coco_boxes
+    from vilbert.features.extract import ExtractConfig, extract_features
+    from vilbert.world import generate_world
+
+    root = tmp_path_factory.getbasetemp() / "task_world"
+    generate_world(root, num_images=12, seed=3, image_size=96, progress=False)
+    entries = read_coco_boxes(root / "proposals.json", root / "images")
+    extract_features(entries, root / "features.lmdb", ExtractConfig(image_size=96, batch_size=12),
+                     boxes_source="coco", progress=False)
+    return root

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from test_vqa import world_and_features
 from vilbert.cli import evaluate as evaluate_cli
 from vilbert.cli import finetune as finetune_cli
 from vilbert.model import build_model, load_preset, save_pretrained
@@ -14,8 +13,8 @@ from vilbert.tasks.builder import build_task, parse_options, recipe
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return world_and_features(tmp_path_factory)
+def root(task_world):
+    return task_world
 
 
 @pytest.fixture(scope="module")

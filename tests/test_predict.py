@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_vqa import world_and_features
 from vilbert.cli import finetune as finetune_cli
 from vilbert.cli import predict as predict_cli
 from vilbert.features.store import FeatureStore
@@ -14,8 +13,8 @@ from vilbert.model import load_pretrained, save_pretrained
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return world_and_features(tmp_path_factory)
+def root(task_world):
+    return task_world
 
 
 @pytest.fixture(scope="module")

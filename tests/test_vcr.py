@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_vqa import world_and_features
 from vilbert.data.readers.vcr import VCRExample
 from vilbert.model import build_model, load_preset
 from vilbert.tasks.builder import build_task
@@ -13,8 +12,8 @@ from vilbert.tasks.vcr import choice_scores, make_item, q_ar_accuracy
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return world_and_features(tmp_path_factory)
+def root(task_world):
+    return task_world
 
 
 def example(answer_label=2, rationale_label=1):

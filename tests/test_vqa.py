@@ -15,23 +15,9 @@ from vilbert.tasks.vqa import (
 )
 
 
-def world_and_features(tmp_path_factory):
-    """A tiny world and its real feature store, shared by the task test files of one session."""
-    from vilbert.features.boxes import read_coco_boxes
-    from vilbert.features.extract import ExtractConfig, extract_features
-    from vilbert.world import generate_world
-
-    root = tmp_path_factory.getbasetemp() / "task_world"
-    generate_world(root, num_images=12, seed=3, image_size=96, progress=False)
-    entries = read_coco_boxes(root / "proposals.json", root / "images")
-    extract_features(entries, root / "features.lmdb", ExtractConfig(image_size=96, batch_size=12),
-                     boxes_source="coco", progress=False)
-    return root
-
-
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return world_and_features(tmp_path_factory)
+def root(task_world):
+    return task_world
 
 
 def ex(qid, mc, counts, image="1", question="what?"):
