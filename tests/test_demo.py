@@ -148,6 +148,26 @@ def test_settings_of_an_existing_demo_are_not_mixed(tmp_path):
         check_settings(tmp_path, replace(sizes, images=99))
 
 
+def test_report_only_writes_a_partial_table_without_running(tmp_path):
+    from vilbert.cli.demo import main
+    from vilbert.demo.plan import build_plan
+    from vilbert.io.atomic import write_json
+
+    out = tmp_path / "demo"
+    check_settings(out, quick_sizes())
+    write_json(out / "stages" / "world.json", {"name": "world", "seconds": 1.0,
+                                               "result": {"images": {"train": 33, "val": 5, "test": 10}}})
+    write_json(out / "stages" / "vilbert-vqa.json", {"name": "vilbert-vqa", "seconds": 2.0,
+                                                     "result": {"split": "test", "metrics": {"accuracy": 0.42}}})
+    assert main(["--quick", "--out", str(out), "--report-only"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["values"]["ViLBERT (pretrained)"]["VQA"] == 42.0
+    assert data["values"]["ViLBERT, no pretraining"]["VQA"] is None
+    assert data["chance"]["Zero-shot R@1"] == 10.0  # 1 of the 10 test images
+    assert not (out / "features.lmdb").exists()  # nothing ran
+    assert len(build_plan(out, quick_sizes()).stages) > 2
+
+
 @pytest.mark.slow
 def test_vilbert_demo_quick_end_to_end(tmp_path):
     from vilbert.cli.demo import main

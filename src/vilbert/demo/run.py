@@ -30,8 +30,11 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
 
 
 def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream: TextIO | None = None,
-             heartbeat_s: float = 30.0) -> dict[str, Any]:
-    """Run the demo into `out`; returns {table name: {"table": ..., "text": markdown}}."""
+             heartbeat_s: float = 30.0, report_only: bool = False) -> dict[str, Any]:
+    """Run the demo into `out`; returns {table name: {"table": ..., "text": markdown}}.
+
+    `report_only`: run nothing; write the tables from the stages finished so far (`-` elsewhere).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, sizes)
@@ -40,7 +43,14 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     for task, why in plan.skipped.items():
         print(f"vilbert demo: skipping {task}: {why}", file=stream)
     runner = StageRunner(out, stream=stream, heartbeat_s=heartbeat_s)
-    runner.run(plan.stages)
+    if report_only:
+        done = [s for s in plan.stages if runner.is_done(s.name)]
+        runner.run(done)  # all finished: only loads their stored results
+        missing = [s.name for s in plan.stages if not runner.is_done(s.name)]
+        if missing:
+            print(f"vilbert demo: {len(missing)} stages not run yet: {', '.join(missing)}", file=stream)
+    else:
+        runner.run(plan.stages)
     write_json(out / "timings.json", {k: {"seconds": round(v, 1), "cpu_seconds": round(runner.cpu_timings.get(k, 0.0), 1)}
                                       for k, v in runner.timings.items()})
     return write_tables(plan, runner.results, stream)
