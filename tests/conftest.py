@@ -32,7 +32,7 @@ def task_world(tmp_path_factory) -> Path:
     from vilbert.world import generate_world
 
     root = tmp_path_factory.getbasetemp() / "task_world"
-    generate_world(root, num_images=12, seed=3, image_size=96, progress=False)
+    generate_world(root, num_images=20, seed=3, image_size=96, progress=False)
     entries = read_coco_boxes(root / "proposals.json", root / "images")
     extract_features(entries, root / "features.lmdb", ExtractConfig(image_size=96, batch_size=12),
                      boxes_source="coco", progress=False)

@@ -255,3 +255,25 @@ def test_referents_need_the_image(world):
     hit_somewhere = np.mean([any(_iou(b, e.box) >= 0.5 for _, b in boxes[int(e.image_id)]) for e in exprs])
     assert hit_somewhere == 1.0  # the true box is always among the proposals
     assert top < 0.4, top
+
+
+def test_vcr_rationales_need_the_image(world):
+    """Every rationale reads like the right one: same template and length, and each agrees with the
+    right answer's words, so question + answer text alone cannot pick it (it once could: 1.0)."""
+    from vilbert.data.readers.vcr import tokens_to_words
+
+    items = [v for split in ("train", "val", "test") for v in read_vcr(world / "vcr" / f"{split}.jsonl")]
+    assert len(items) >= 10
+    positions = collections.Counter()
+    for v in items:
+        def words(tokens):
+            return tokens_to_words(tokens, v.objects)[0]
+
+        right_answer = set(words(v.answer_choices[v.answer_label]))
+        rationales = [words(r) for r in v.rationale_choices]
+        assert len({len(r) for r in rationales}) == 1, rationales
+        content = right_answer - {"the", "is", "it", "It", ".", "?"} - set(words(v.question))
+        for r in rationales:
+            assert content <= set(r), (content, r)
+        positions[v.rationale_label] += 1
+    assert len(positions) == 4  # the right rationale is not always in one place

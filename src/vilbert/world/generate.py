@@ -32,7 +32,7 @@ from vilbert.world.render import encode_png, render_scene
 from vilbert.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene, sample_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: VCR rationales share one template (need the image)
 # Streams of randomness per image: resuming skips rendering without shifting the others.
 _SCENE, _RENDER, _PROPOSALS, _LANGUAGE = 0, 1, 2, 3
 

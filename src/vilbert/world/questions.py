@@ -217,32 +217,32 @@ def _ref(i: int) -> list[int]:
 def vcr_item(scene: Scene, rng: np.random.Generator) -> dict | None:
     """A VCR-style item: question, 4 answers, 4 rationales (token lists, [i] = objects[i])."""
     n = len(scene.objects)
-    pairs = [(a, r) for a in range(n) for r in RELATIONS if _only_object(scene, a, r) is not None]
+    # Object references are read as shape names ("[0]" -> "circle"), so the anchor's shape must be
+    # unique in the scene or the question would not say which object it is about.
+    shapes = [o.shape for o in scene.objects]
+    pairs = [(a, r) for a in range(n) for r in RELATIONS
+             if shapes.count(shapes[a]) == 1 and _only_object(scene, a, r) is not None]
     for k in rng.permutation(len(pairs)):
         anchor, rel = pairs[int(k)]
         target = _only_object(scene, anchor, rel)
         phrase = tokenize(pick(rng, REL_PHRASES[rel]))
         colour = scene.objects[target].colour
-        if rng.random() < 0.5 or n < 4:
-            question: list[Token] = ["What", "color", "is", "the", "object"] + phrase + [_ref(anchor), "?"]
+        colour_question = bool(rng.random() < 0.5)
+        if colour_question:
+            question: list[Token] = ["What", "color", "is", "the", "object"] + phrase + ["the", _ref(anchor), "?"]
             wrong = _distractors(colour, [o.colour for o in scene.objects], tuple(COLOURS), rng)
             answers = [["It", "is", c, "."] for c in [colour] + wrong]
         else:
-            question = ["Which", "object", "is"] + phrase + [_ref(anchor), "?"]
-            # Wrong choices name other detected objects (the anchor too: "[1] is left of [1]").
-            others = [int(i) for i in rng.permutation(n) if i != target]
-            if len(others) < 3:
-                continue
-            wrong_objs = others[:3]
-            answers = [[_ref(i), "is"] + phrase + [_ref(anchor), "."] for i in [target] + wrong_objs]
-        right = ([_ref(target), "is", "the", "only", "object"] + phrase + [_ref(anchor), ",", "and", _ref(target),
-                 "is", colour, "."])
-        false_rationales = _false_rationales(scene, target, anchor, rel, phrase, rng)
-        if len(false_rationales) < 3:
-            continue
+            question = ["Which", "object", "is"] + phrase + ["the", _ref(anchor), "?"]
+            # Choices name shapes in words (not object references, which only the right one
+            # could have); wrong ones are shapes other than the target's and the anchor's.
+            wrong_shapes = _other_shapes(shapes, target, anchor, rng)
+            answers = [["the", s, "is"] + phrase + ["the", _ref(anchor), "."] for s in [shapes[target]] + wrong_shapes]
+        # Every rationale has the same template and agrees with the answer's text; only the image
+        # tells which one is true. (A right rationale with its own wording was solvable from text.)
+        rationales = _rationales(scene, target, anchor, phrase, colour_question, rng)
         a_order = [int(i) for i in rng.permutation(4)]
         r_order = [int(i) for i in rng.permutation(4)]
-        rationales = [right] + false_rationales[:3]
         return {
             "question": question,
             "answer_choices": [answers[i] for i in a_order],
@@ -269,15 +269,29 @@ def _distractors(truth: str, present: list[str], vocab: tuple[str, ...], rng: np
     return pool[:3]
 
 
-def _false_rationales(scene: Scene, target: int, anchor: int, rel: str, phrase: list[str],
-                      rng: np.random.Generator) -> list[list[Token]]:
-    out: list[list[Token]] = []
-    for i in [int(k) for k in rng.permutation(len(scene.objects))]:
-        if i not in (target, anchor) and not relation(scene, i, anchor, rel, strict=False):
-            out.append([_ref(i), "is", "the", "only", "object"] + phrase + [_ref(anchor), "."])
-    wrong_colour = pick(rng, [c for c in COLOURS if c != scene.objects[target].colour])
-    out.append([_ref(target), "is", wrong_colour, "and", "lies"] + tokenize(REL_PHRASES[OPPOSITE[rel]][0])
-               + [_ref(anchor), "."])
-    out.append(["There", "is", "nothing"] + phrase + [_ref(anchor), "."])
-    out.append([_ref(anchor), "is"] + phrase + [_ref(target), "."])  # the relation reversed
-    return [out[int(i)] for i in rng.permutation(len(out))]
+def _other_shapes(shapes: list[str], target: int, anchor: int, rng: np.random.Generator) -> list[str]:
+    """Three shape names that are neither the target's nor the anchor's (wrong choices)."""
+    pool = [s for s in SHAPES if s not in (shapes[target], shapes[anchor])]
+    return [pool[int(i)] for i in rng.permutation(len(pool))[:3]]
+
+
+def _rationale(subject: str, phrase: list[str], anchor: int, colour: str) -> list[Token]:
+    return ["the", subject, "is", "the", "only", "object"] + phrase + ["the", _ref(anchor), ",", "and", "the", subject,
+                                                                "is", colour, "."]
+
+
+def _rationales(scene: Scene, target: int, anchor: int, phrase: list[str], colour_question: bool,
+                rng: np.random.Generator) -> list[list[Token]]:
+    """The right rationale first, then 3 wrong ones that read as well but the image contradicts.
+
+    A colour question's answer names only a colour, so wrong rationales keep that colour and put
+    another shape in the target's place; a "which object" answer names the target, so wrong
+    rationales keep the target and give it a colour it does not have.
+    """
+    colour = scene.objects[target].colour
+    right = _rationale(scene.objects[target].shape, phrase, anchor, colour)
+    if colour_question:
+        wrong_shapes = _other_shapes([o.shape for o in scene.objects], target, anchor, rng)
+        return [right] + [_rationale(s, phrase, anchor, colour) for s in wrong_shapes]
+    wrong = _distractors(colour, [o.colour for o in scene.objects], tuple(COLOURS), rng)
+    return [right] + [_rationale(scene.objects[target].shape, phrase, anchor, c) for c in wrong]
