@@ -3,6 +3,7 @@ and (slow) `vilbert demo --quick` end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -123,7 +124,8 @@ def test_results_table_markdown_json_png_and_claims(tmp_path):
 
 
 def test_plan_names_every_row_and_task(tmp_path):
-    plan = build_plan(tmp_path, default_sizes(), ablations=True)  # small preset: 6 text layers
+    sizes = dataclasses.replace(default_sizes(), preset="small")  # 6 text layers: depths 2, 4, 6
+    plan = build_plan(tmp_path, sizes, ablations=True)
     names = [s.name for s in plan.stages]
     assert names[:2] == ["world", "features"]
     assert len(names) == len(set(names))

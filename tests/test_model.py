@@ -172,7 +172,7 @@ def test_config_errors_name_the_value():
         load_preset("tiny", coattention_before_text_layer=[1])
     with pytest.raises(ValueError, match="non-decreasing"):
         load_preset("tiny", coattention_before_visual_layer=[1, 0])
-    with pytest.raises(KeyError, match="valid presets: base, small, tiny"):
+    with pytest.raises(KeyError, match="valid presets: base, demo, small, tiny"):
         load_preset("huge")
     with pytest.raises(ValueError, match="v_feature_size"):
         tiny_model()(**make_inputs(d=40))

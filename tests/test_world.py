@@ -277,3 +277,15 @@ def test_vcr_rationales_need_the_image(world):
             assert content <= set(r), (content, r)
         positions[v.rationale_label] += 1
     assert len(positions) == 4  # the right rationale is not always in one place
+
+
+def test_difficulty_knobs_bound_objects_and_proposals(tmp_path):
+    generate_world(tmp_path / "w", 12, seed=2, image_size=96, max_objects=3, max_proposals=12,
+                   captions_per_image=5, progress=False)
+    scenes = [json.loads(line) for line in (tmp_path / "w" / "scenes.jsonl").read_text().splitlines()]
+    assert all(2 <= len(s["scene"]["objects"]) <= 3 for s in scenes)
+    boxes = json.loads((tmp_path / "w" / "proposals.json").read_text())
+    per_image = collections.Counter(a["image_id"] for a in boxes["annotations"])
+    assert max(per_image.values()) <= 12 and min(per_image.values()) >= 10
+    with pytest.raises(ValueError, match="max_proposals=10"):
+        WorldConfig(num_images=12, max_objects=4, max_proposals=10).check()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vilbert.io.atomic import atomic_path, write_json
 from vilbert.world.language import captions, program_text, referring_program, tokenize
-from vilbert.world.proposals import proposals
+from vilbert.world.proposals import MAX_PROPOSALS, MIN_PROPOSALS, proposals
 from vilbert.world.questions import annotator_answers, vcr_item, vqa_questions
 from vilbert.world.render import encode_png, render_scene
 from vilbert.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene, sample_scene
@@ -51,6 +51,10 @@ class WorldConfig:
     questions_per_family: int = 2
     refs_per_image: int = 3
     sentences_per_ref: int = 2
+    # Difficulty knobs (the demo makes the world easier for a small model trained for minutes).
+    min_objects: int = 2
+    max_objects: int = 6
+    max_proposals: int = 36  # proposals per image: true boxes, jittered copies, background boxes
 
     def check(self) -> None:
         if self.num_images < 3:
@@ -62,6 +66,11 @@ class WorldConfig:
                 and 1 <= self.questions_per_family <= 25):
             raise ValueError(f"refs_per_image={self.refs_per_image}, sentences_per_ref={self.sentences_per_ref}, "
                              f"questions_per_family={self.questions_per_family}: expected 1..10, 1..10, 1..25")
+        if not 2 <= self.min_objects <= self.max_objects <= 6:
+            raise ValueError(f"min_objects={self.min_objects}, max_objects={self.max_objects}: expected 2 <= min <= max <= 6")
+        if not max(MIN_PROPOSALS, 3 * self.max_objects) <= self.max_proposals <= MAX_PROPOSALS:
+            raise ValueError(f"max_proposals={self.max_proposals}: expected {max(MIN_PROPOSALS, 3 * self.max_objects)}.."
+                             f"{MAX_PROPOSALS} (at least 3 per object)")
         test = 1.0 - self.train_fraction - self.val_fraction
         if min(self.train_fraction, self.val_fraction, test) <= 0:
             raise ValueError(f"split fractions train={self.train_fraction} val={self.val_fraction} "
@@ -83,7 +92,8 @@ def _rng(config: WorldConfig, image_id: int, stream: int) -> np.random.Generator
 
 
 def make_scene(config: WorldConfig, image_id: int) -> Scene:
-    return sample_scene(_rng(config, image_id, _SCENE), image_id, config.image_size)
+    return sample_scene(_rng(config, image_id, _SCENE), image_id, config.image_size,
+                        min_objects=config.min_objects, max_objects=config.max_objects)
 
 
 def _make_image(job: tuple[WorldConfig, str, int, str]) -> dict[str, Any]:
@@ -97,7 +107,7 @@ def _make_image(job: tuple[WorldConfig, str, int, str]) -> dict[str, Any]:
             tmp.write_bytes(data)
     rng = _rng(config, image_id, _LANGUAGE)
     record: dict[str, Any] = {"image_id": image_id, "split": split, "scene": scene.to_dict()}
-    record["proposals"] = proposals(scene, _rng(config, image_id, _PROPOSALS))
+    record["proposals"] = proposals(scene, _rng(config, image_id, _PROPOSALS), config.max_proposals)
     record["captions"] = captions(scene, rng, config.captions_per_image)
     record["retrieval"] = captions(scene, rng, config.retrieval_captions)
     record["questions"] = [

@@ -17,14 +17,14 @@ def _clip(box: np.ndarray, size: int) -> np.ndarray:
     return np.array([x1, y1, x2, y2])
 
 
-def proposals(scene: Scene, rng: np.random.Generator) -> list[list[float]]:
-    """[[x1, y1, x2, y2, score], ...] sorted by score, 10-36 rows, true boxes always included.
+def proposals(scene: Scene, rng: np.random.Generator, max_proposals: int = MAX_PROPOSALS) -> list[list[float]]:
+    """[[x1, y1, x2, y2, score], ...] sorted by score, 10-`max_proposals` rows, true boxes always included.
 
     Scores overlap between kinds, so a box's rank does not say whether it is an object.
     """
     size = scene.width
     true = [np.array(o.box, dtype=np.float64) for o in scene.objects]
-    total = int(rng.integers(max(MIN_PROPOSALS, 3 * len(true)), MAX_PROPOSALS + 1))
+    total = int(rng.integers(max(MIN_PROPOSALS, 3 * len(true)), max_proposals + 1))
     n_jitter = (total - len(true)) * 2 // 3
     rows = [(box, float(rng.uniform(0.6, 1.0))) for box in true]
     for k in range(n_jitter):
