@@ -55,23 +55,23 @@ class DemoSizes:
     preset: str = "demo"
     text_init: bool = False  # the demo preset's text stream is narrower than MiniLM's
     max_regions: int = 14
-    pretrain_steps: int = 200
+    pretrain_steps: int = 1000
     pretrain_batch: int = 64
     pretrain_lr: float = 5e-4
     # VCR and retrieval items are 4 (text, image) rows each, so their batches hold 4x the rows.
     finetune: dict[str, FinetuneSizes] = field(default_factory=lambda: {
-        "vqa": FinetuneSizes(100, 64, 5e-4),
-        "vcr": FinetuneSizes(60, 16, 3e-4),
-        "refer": FinetuneSizes(100, 64, 5e-4),
-        "retrieval": FinetuneSizes(60, 16, 3e-4),
+        "vqa": FinetuneSizes(200, 64, 5e-4),
+        "vcr": FinetuneSizes(100, 16, 3e-4),
+        "refer": FinetuneSizes(200, 64, 5e-4),
+        "retrieval": FinetuneSizes(100, 16, 3e-4),
     })
     eval_split: str = "test"
     seed: int = 0
     # Seconds per unit, for the time-left display (measured on 2 shared CPU cores, then rounded up).
     seconds_per_image_world: float = 0.02
     seconds_per_image_features: float = 0.25
-    seconds_per_pretrain_row: float = 0.008
-    seconds_per_finetune_row: float = 0.006
+    seconds_per_pretrain_row: float = 0.003
+    seconds_per_finetune_row: float = 0.002
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
