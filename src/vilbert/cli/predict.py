@@ -101,22 +101,13 @@ def extract_regions(image: Path, boxes: str | None, features: str | None, image_
 
 def forward(model, text: str, regions: ImageRegions, max_text_length: int, max_regions: int, head: str) -> torch.Tensor:
     """One (text, image) row through the model -> the head's logits for that row."""
-    from vilbert.data.regions import collate_regions
-    from vilbert.data.tokenizer import load_tokenizer
-    from vilbert.tasks.common import evaluating, model_device
+    from vilbert.tasks.common import evaluating, model_device, single_pair_inputs
 
     if head not in model.heads:
         raise ValueError(f"the checkpoint has no {head!r} head (its heads: {', '.join(model.heads) or 'none'})")
-    ids = load_tokenizer().encode(text, max_text_length)
-    features, locations, mask = collate_regions([regions], max_regions)
-    device = model_device(model)
-    inputs = {
-        "input_ids": torch.tensor([ids]), "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "image_features": features, "image_locations": locations, "image_mask": mask,
-    }
+    inputs = single_pair_inputs(text, regions, max_text_length, max_regions, model_device(model))
     with evaluating(model):
-        out = model(**{k: v.to(device) for k, v in inputs.items()}, heads=(head,))
+        out = model(**inputs, heads=(head,))
     return out.logits[head][0].float().cpu()
 
 

@@ -114,3 +114,18 @@ def batches(task: Task, items: Sequence[Any], batch_size: int) -> Iterator[Batch
     """Collated batches of `items` in order (for evaluation: no shuffling, no dropping)."""
     for start in range(0, len(items), batch_size):
         yield task.collate(items[start : start + batch_size])
+
+
+def single_pair_inputs(text: str, regions, max_text_length: int, max_regions: int | None,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """Model inputs for one sentence and one image's `ImageRegions` (predict, explain), on `device`."""
+    from vilbert.data.regions import collate_regions
+
+    ids = load_tokenizer().encode(text, max_text_length)
+    features, locations, mask = collate_regions([regions], max_regions)  # [1,R,D], [1,R,5], [1,R]
+    inputs = {
+        "input_ids": torch.tensor([ids]), "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "image_features": features, "image_locations": locations, "image_mask": mask,
+    }
+    return {k: v.to(device) for k, v in inputs.items()}

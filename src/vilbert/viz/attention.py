@@ -40,21 +40,14 @@ class AttentionMaps:
 def co_attention_maps(model: torch.nn.Module, text: str, regions, max_text_length: int = 36,
                       max_regions: int = 36, layers: Sequence[int] | None = None) -> AttentionMaps:
     """Attention of one (text, regions) pair, averaged over heads and `layers` (default all)."""
-    from vilbert.data.regions import collate_regions
     from vilbert.data.tokenizer import load_tokenizer
-    from vilbert.tasks.common import evaluating, model_device
+    from vilbert.tasks.common import evaluating, model_device, single_pair_inputs
 
     tokenizer = load_tokenizer()
-    ids = tokenizer.encode(text, max_text_length)
-    features, locations, mask = collate_regions([regions], max_regions)  # [1,R,D], [1,R,5], [1,R]
-    device = model_device(model)
-    inputs = {
-        "input_ids": torch.tensor([ids]), "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "image_features": features, "image_locations": locations, "image_mask": mask,
-    }
+    inputs = single_pair_inputs(text, regions, max_text_length, max_regions, model_device(model))
+    ids = inputs["input_ids"][0].tolist()
     with evaluating(model):
-        out = model(**{k: v.to(device) for k, v in inputs.items()}, output_attentions=True)
+        out = model(**inputs, output_attentions=True)
     pairs = out.co_attentions or []
     if not pairs:
         raise ValueError("the model returned no co-attention (it has no co-attention layers)")
