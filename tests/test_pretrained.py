@@ -84,3 +84,20 @@ def test_mismatched_bert_is_an_error_naming_the_size(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
         init_text_stream_from_bert(model, tmp_path)
+
+
+def test_a_shallower_text_stream_takes_the_first_bert_layers():
+    config = load_preset("small")
+    config.num_hidden_layers, config.coattention_before_text_layer = 3, [1, 2]
+    model = build_model(config)
+    report = init_text_stream_from_bert(model, MINILM)
+    full = build_model(load_preset("small"))
+    init_text_stream_from_bert(full, MINILM)
+    for i in range(3):  # layer i of the shallow stream is MiniLM's layer i
+        torch.testing.assert_close(model.state_dict()[f"encoder.text_layers.{i}.ffn.out.dense.weight"],
+                                   full.state_dict()[f"encoder.text_layers.{i}.ffn.out.dense.weight"], atol=0, rtol=0)
+    assert any(k.startswith("encoder.layer.5.") for k in report.ignored)
+    assert not any(k.startswith("encoder.text_layers.") for k in report.left)
+    config.num_hidden_layers, config.coattention_before_text_layer = 7, [5, 6]
+    with pytest.raises(ConversionError, match="num_hidden_layers=6 but the model's text stream has 7"):
+        init_text_stream_from_bert(build_model(config), MINILM)

@@ -324,8 +324,10 @@ def init_text_stream_from_bert(model: ViLBert, bert_dir: str | Path) -> Conversi
     """Load a Hugging Face BERT directory's embeddings and layers into the model's text stream.
 
     The BERT's sizes must match the model's text stream (checked against its config.json and each
-    tensor's shape). Returns which of our keys were loaded and which were left as initialised;
-    BERT keys we do not use (pooler, MLM head) are listed as ignored.
+    tensor's shape), except that a model with fewer text layers takes the BERT's first layers (a
+    shallower stream, as DistilBERT-style truncation). Returns which of our keys were loaded and
+    which were left as initialised; BERT keys we do not use (pooler, MLM head, layers beyond the
+    model's) are listed as ignored.
     """
     bert_dir = Path(bert_dir)
     cfg_path = bert_dir / "config.json"
@@ -333,9 +335,12 @@ def init_text_stream_from_bert(model: ViLBert, bert_dir: str | Path) -> Conversi
         raise FileNotFoundError(f"{bert_dir} is not a BERT directory: config.json is missing")
     bert_cfg = json.loads(cfg_path.read_text())
     c = model.config
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
         if key in bert_cfg and bert_cfg[key] != getattr(c, key):
             raise ConversionError(f"{cfg_path}: {key}={bert_cfg[key]} but the model's text stream has {getattr(c, key)}")
+    if bert_cfg.get("num_hidden_layers", c.num_hidden_layers) < c.num_hidden_layers:
+        raise ConversionError(f"{cfg_path}: num_hidden_layers={bert_cfg['num_hidden_layers']} but the model's text "
+                              f"stream has {c.num_hidden_layers} (it may have fewer, not more)")
     state = strip_module_prefix(_read_bert_weights(bert_dir))
     prefix = "bert." if any(k.startswith("bert.embeddings.") for k in state) else ""
     layers_key = "text_layers" if c.architecture == "two_stream" else "layers"
