@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vilbert.io.atomic import atomic_path, write_json
+from vilbert.io.atomic import atomic_path, save_png, write_json
 
 # (column label, task, metric key): the paper's Table 1 columns.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -151,11 +151,7 @@ def plot_table(table: ResultsTable, path: str | Path) -> Path:
     ax.set_title(table.title)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def write_results(table: ResultsTable, out_dir: str | Path, stem: str, claims: list[Claim] | None = None,

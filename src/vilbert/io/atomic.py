@@ -33,3 +33,14 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (figures pile up otherwise)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path

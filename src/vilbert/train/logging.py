@@ -10,7 +10,7 @@ import csv
 import math
 from pathlib import Path
 
-from vilbert.io.atomic import atomic_path
+from vilbert.io.atomic import atomic_path, save_png
 
 TRAIN_CSV = "train_log.csv"
 EVAL_CSV = "eval_log.csv"
@@ -120,10 +120,7 @@ def plot_curves(train_rows: list[dict[str, float]], eval_rows: list[dict[str, fl
         if ax.has_data():
             ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def _line(ax, rows: list[dict[str, float]], key: str, marker: str | None = None) -> None:

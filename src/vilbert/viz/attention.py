@@ -80,7 +80,7 @@ def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Pa
     from matplotlib.patches import Rectangle
     from PIL import Image
 
-    from vilbert.io.atomic import atomic_path
+    from vilbert.io.atomic import save_png
 
     with Image.open(image_path) as img:
         image = np.asarray(img.convert("RGB"))
@@ -125,8 +125,4 @@ def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Pa
     layers = ", ".join(str(k) for k in maps.layers)
     fig.suptitle(f"co-attention averaged over heads and layers {layers}", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=90)
