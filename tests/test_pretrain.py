@@ -2,6 +2,7 @@
 on a tiny generated world with really extracted features (efficientnet-lite0 + cls_prob)."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -244,6 +245,9 @@ def test_small_preset_text_stream_starts_from_minilm(world, tmp_path):
     ours = load_file(str(out / "checkpoints" / "step_1" / "model.safetensors"))
     bert_key = next(k for k in minilm if k.endswith("embeddings.word_embeddings.weight"))
     assert torch.equal(ours["text_embeddings.word.weight"], minilm[bert_key])
+    # as the original, the weights loaded from BERT train at a tenth of the rate
+    scales = json.loads((out / "pretrain_run.json").read_text())["train"]["lr_scales"]
+    assert scales == {"text_embeddings.": 0.1, "encoder.text_layers.": 0.1}
 
 
 def test_clear_errors(world, tmp_path, capsys):

@@ -15,7 +15,7 @@ from vilbert.train.checkpoint import latest_checkpoint
 from vilbert.train.config import TrainConfig
 from vilbert.train.distributed import StepBatchSampler, data_subset
 from vilbert.train.loop import train
-from vilbert.train.optim import build_optimizer, build_scheduler, param_groups
+from vilbert.train.optim import build_optimizer, build_scheduler, covering_prefixes, param_groups
 from vilbert.train.toy import ToyModel, ToyTask
 
 
@@ -58,6 +58,33 @@ def test_no_decay_groups():
     total = sum(len(g["params"]) for g in param_groups(model, 0.01))
     assert total == len({id(p) for p in model.parameters() if p.requires_grad})
     assert isinstance(build_optimizer(_model(), 1e-3, 0.01), torch.optim.AdamW)
+
+
+def test_lr_scales_split_groups_and_scale_with_the_schedule():
+    model = _model()
+    groups = param_groups(model, 0.01, lr=1e-3, lr_scales={"embed.": 0.1, "out.bias": 0.5})
+    names = {id(p): n for n, p in model.named_parameters()}
+    found = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert found["embed.weight"] == (pytest.approx(1e-4), 0.01)
+    assert found["out.bias"] == (pytest.approx(5e-4), 0.0)
+    assert found["region.weight"] == (1e-3, 0.01) and found["norm.weight"] == (1e-3, 0.0)
+    assert groups[0]["lr"] == 1e-3  # the base rate comes first: it is the one logged
+    # the schedule multiplies every group's own rate
+    opt = build_optimizer(model, 1e-3, 0.01, lr_scales={"embed.": 0.1})
+    sched = build_scheduler(opt, total_steps=10, warmup_fraction=0.0)
+    opt.step(), sched.step()
+    assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == [pytest.approx(9e-5), pytest.approx(9e-4)]
+    with pytest.raises(ValueError, match="'embed.' must be > 0"):
+        param_groups(model, 0.01, 1e-3, {"embed.": 0.0})
+
+
+def test_covering_prefixes_names_whole_modules_once():
+    model = _model()
+    every = [n for n, _ in model.named_parameters()]
+    assert covering_prefixes(model, [n for n in every if n.startswith(("embed.", "norm."))]) == ["embed.", "norm."]
+    assert covering_prefixes(model, ["out.bias", "embed.weight"]) == ["embed.", "out.bias"]
+    with pytest.raises(KeyError, match="nope"):
+        covering_prefixes(model, ["nope"])
 
 
 def test_step_batches_cover_the_epoch_and_do_not_depend_on_world_size():

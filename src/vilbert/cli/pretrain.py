@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="train this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (all processes and accumulation steps)")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--bert-lr-scale", type=float, default=0.1,
+                   help="learning-rate multiplier for the weights loaded by --text-init (the original "
+                        "pretrains them at a tenth of --lr; 1 for one rate everywhere)")
     p.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from vilbert.tasks.pretrain import PretrainTask
     from vilbert.train import TrainConfig, train
     from vilbert.train import distributed as D
-    from vilbert.train.checkpoint import latest_checkpoint
+    from vilbert.train.optim import covering_prefixes
 
     out = Path(args.out)
     features = args.features or str(Path(args.data) / "features.lmdb")
@@ -150,22 +153,26 @@ def run(args: argparse.Namespace) -> int:
             TaskData(args.data, features, max_text_length=args.max_text_length, max_regions=args.max_regions),
             data_fraction=args.data_fraction,
         )
+        torch.manual_seed(args.seed)  # the same initial weights in every process
+        model = build_model(config)
+        text_init = resolve_text_init(args, args.preset if not args.config else None)
+        lr_scales: dict[str, float] = {}
+        if text_init is not None:
+            # Loaded on resume too (cheap): the checkpoint then replaces the weights, but the
+            # names of the BERT-initialised weights set their learning rate.
+            report = init_text_stream_from_bert(model, text_init)
+            log(f"text stream from {text_init}: {len(report.loaded)} tensors loaded")
+            if args.bert_lr_scale != 1.0:
+                lr_scales = {prefix: args.bert_lr_scale for prefix in covering_prefixes(model, report.loaded)}
         train_config = TrainConfig(
             lr=args.lr, weight_decay=args.weight_decay, warmup_fraction=args.warmup, epochs=args.epochs,
             max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
             data_fraction=args.data_fraction, num_workers=args.num_workers, save_every=args.save_every,
             eval_every=args.eval_every, precision=args.precision, device=args.device, stop_after=args.stop_after,
-            progress=not args.no_progress,
+            progress=not args.no_progress, lr_scales=lr_scales,
         )
         record = {"args": vars(args), "model": config.to_dict(), "train": train_config.to_dict()}
         _check_run_file(out, record, args.resume)
-        torch.manual_seed(args.seed)  # the same initial weights in every process
-        model = build_model(config)
-        text_init = resolve_text_init(args, args.preset if not args.config else None)
-        resuming = args.resume and latest_checkpoint(out) is not None
-        if text_init is not None and not resuming:  # a checkpoint's weights replace these anyway
-            report = init_text_stream_from_bert(model, text_init)
-            log(f"text stream from {text_init}: {len(report.loaded)} tensors loaded")
         if main_rank:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / RUN_FILE, record)

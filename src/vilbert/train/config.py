@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields that decide which examples and updates make up step k: a resumed run must keep them.
 TRAJECTORY_FIELDS = (
     "lr", "weight_decay", "warmup_fraction", "epochs", "max_steps", "batch_size", "grad_accum",
-    "clip_norm", "seed", "data_fraction", "betas", "eps",
+    "clip_norm", "seed", "data_fraction", "betas", "eps", "lr_scales",
 )
 
 
@@ -29,6 +29,9 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
+    # Learning-rate multipliers by parameter name or module prefix ("encoder.text_layers.0."):
+    # the original's pretraining gives the weights it loads from BERT a tenth of the rate.
+    lr_scales: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     data_fraction: float = 1.0  # train on a fixed, nested share of the examples (data ablation)
     num_workers: int = 0

@@ -95,7 +95,7 @@ class _Run:
         self.dataset = dataset
         self.steps_per_epoch = config.steps_per_epoch(len(dataset))
         self.total = config.total_steps(len(dataset))
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, config.eps)
+        self.optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, config.eps, config.lr_scales)
         self.scheduler = build_scheduler(self.optimizer, self.total, config.warmup_fraction)
         self.dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -16,37 +18,60 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed weights, and biases + norm parameters without decay.
+def lr_scale_of(name: str, lr_scales: Mapping[str, float]) -> float:
+    """The multiplier for parameter `name`: that of the longest key that is the name itself or a
+    prefix of it ending in "." (a module path), else 1."""
+    best, scale = -1, 1.0
+    for key, value in lr_scales.items():
+        if (name == key or (key.endswith(".") and name.startswith(key))) and len(key) > best:
+            best, scale = len(key), float(value)
+    return scale
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: Mapping[str, float] | None = None) -> list[dict]:
+    """AdamW groups: decayed weights, and biases + norm parameters without decay; each split again
+    by learning-rate multiplier when `lr_scales` (parameter name or module prefix -> multiplier)
+    is given. The groups at the full rate come first, so `param_groups[0]["lr"]` is the base rate.
 
     Shared (tied) parameters appear once. Frozen parameters are left out.
     """
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
+    lr_scales = dict(lr_scales or {})
+    for key, value in lr_scales.items():
+        if not value > 0:
+            raise ValueError(f"learning-rate multiplier for {key!r} must be > 0, got {value}")
+    grouped: dict[tuple[float, bool], list] = {}
+    seen = set()
+    for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if id(param) in seen or not param.requires_grad:
                 continue
             seen.add(id(param))
-            if name.endswith("bias") or _is_norm(module):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            full = f"{module_name}.{name}" if module_name else name
+            decayed = not (name.endswith("bias") or _is_norm(module))
+            grouped.setdefault((lr_scale_of(full, lr_scales), decayed), []).append(param)
+    groups = []
+    for (scale, decayed), params in sorted(grouped.items(), key=lambda kv: (kv[0][0] != 1.0, -kv[0][0], not kv[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if lr is not None:
+            group["lr"] = lr * scale
+        groups.append(group)
+    return groups
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW, fused where this torch supports it for the parameters' device (else foreach)."""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr, lr_scales)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError, TypeError):
         # fused needs floating tensors on a supported device; foreach is the next fastest path
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+        return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_scales), lr=lr, betas=betas, eps=eps, foreach=True)
 
 
 def warmup_linear_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -60,3 +85,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_f
     """Linear warm-up over `warmup_fraction` of the steps, then linear decay to 0."""
     warmup_steps = int(round(warmup_fraction * total_steps))
     return LambdaLR(optimizer, lambda step: warmup_linear_factor(step, total_steps, warmup_steps))
+
+
+def covering_prefixes(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """A short list of module prefixes ("encoder.text_layers.0.") and parameter names that covers
+    exactly the parameters `names` of `model`: a module whose parameters all appear is named once.
+    Used to write "the weights loaded from BERT" into a run's config compactly."""
+    wanted = set(names)
+    params = dict(model.named_parameters())
+    unknown = sorted(wanted - set(params))
+    if unknown:
+        raise KeyError(f"{type(model).__name__} has no parameters {unknown[:5]}")
+    out, covered = [], set()
+    for module_name, module in model.named_modules():
+        if not module_name:
+            continue
+        inside = [f"{module_name}.{n}" for n, _ in module.named_parameters()]
+        if inside and all(n in wanted for n in inside) and not any(n in covered for n in inside):
+            out.append(module_name + ".")
+            covered.update(inside)
+    out.extend(sorted(wanted - covered))
+    return out
