@@ -150,6 +150,18 @@ def test_loss_finite_with_nothing_masked(world):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_alignment_weight_scales_only_the_alignment_term(world, tiny_model):
+    plain, weighted = _task(world), _task(world, alignment_weight=5.0)
+    data = plain.dataset("train")
+    batch = plain.collate([data[i] for i in range(8)], generator=torch.Generator().manual_seed(1))
+    loss1, stats1 = plain.loss(tiny_model, batch)
+    loss5, stats5 = weighted.loss(tiny_model, batch)
+    assert stats1 == stats5  # the logged terms are the unweighted ones
+    assert float(loss5 - loss1) == pytest.approx(4.0 * stats1["alignment_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="alignment_weight must be >= 0, got -1"):
+        _task(world, alignment_weight=-1.0)
+
+
 def test_batches_pad_to_their_own_longest(world):
     task = _task(world)
     data = task.dataset("train")

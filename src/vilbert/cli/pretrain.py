@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bert-lr-scale", type=float, default=0.1,
                    help="learning-rate multiplier for the weights loaded by --text-init (the original "
                         "pretrains them at a tenth of --lr; 1 for one rate everywhere)")
+    p.add_argument("--alignment-weight", type=float, default=1.0,
+                   help="weight of the alignment loss (1: the paper's equal weights; short runs need more, "
+                        "see PretrainTask)")
     p.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         config = model_config(args, store.meta, features, log)
         task = PretrainTask(
             TaskData(args.data, features, max_text_length=args.max_text_length, max_regions=args.max_regions),
-            data_fraction=args.data_fraction,
+            data_fraction=args.data_fraction, alignment_weight=args.alignment_weight,
         )
         torch.manual_seed(args.seed)  # the same initial weights in every process
         model = build_model(config)

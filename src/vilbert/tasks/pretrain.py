@@ -7,7 +7,10 @@ The recipe of the paper (SPEC section 2), as one `Task`:
 - 15% of the words are chosen (80% [MASK], 10% random word, 10% unchanged) and 15% of the real
   regions (90% zeroed, 10% unchanged); the region target is the detector's `cls_prob` (KL);
 - loss = masked-word CE + masked-region KL + alignment CE, equal weights; the two masked losses
-  count only aligned rows.
+  count only aligned rows. `alignment_weight` (default 1, the paper) scales the last term: at
+  initialisation its gradient into the shared layers is ~1000x smaller than the masked-word
+  loss's (it passes through two fresh poolers and their product), which the paper's 10 epochs
+  outgrow and a few hundred steps do not (the demo uses 100; see README).
 
 Misaligned rows are corrupted like aligned ones (as the original does) but get no masked-
 modelling loss: corrupting only aligned rows would let the alignment head read "this row has
@@ -107,8 +110,12 @@ class PretrainTask(RegionTextTask):
         region_mask_prob: float = 0.15,
         misaligned_prob: float = 0.5,
         data_fraction: float = 1.0,
+        alignment_weight: float = 1.0,
     ) -> None:
         super().__init__(data)
+        if not alignment_weight >= 0:
+            raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight}")
+        self.alignment_weight = alignment_weight
         self.word_mask_prob = word_mask_prob
         self.region_mask_prob = region_mask_prob
         self.misaligned_prob = misaligned_prob
@@ -241,7 +248,8 @@ class PretrainTask(RegionTextTask):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """masked-word CE (mean over masked words of aligned rows) + masked-region KL (mean over
-        masked regions of aligned rows) + alignment CE (mean over rows); each 0 when empty."""
+        masked regions of aligned rows) + alignment_weight x alignment CE (mean over rows); each 0
+        when empty."""
         s = self._terms(model, batch)
         word = s["word_sum"] / s["word_n"].clamp(min=1)
         region = s["region_sum"] / s["region_n"].clamp(min=1)
@@ -253,7 +261,7 @@ class PretrainTask(RegionTextTask):
             "alignment_acc": float(s["align_correct"]) / float(s["align_n"]),
             "masked_word_acc": float(s["word_correct"]) / max(1, int(s["word_n"])),
         }
-        return word + region + align, stats
+        return word + region + self.alignment_weight * align, stats
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
         """The three losses (averaged over the whole split's masked words / regions / rows) and
@@ -272,7 +280,7 @@ class PretrainTask(RegionTextTask):
         region = totals["region_sum"] / max(1.0, totals["region_n"])
         align = totals["align_sum"] / max(1.0, totals["align_n"])
         return {
-            "loss": word + region + align,
+            "loss": word + region + self.alignment_weight * align,
             "masked_word_loss": word,
             "masked_region_loss": region,
             "alignment_loss": align,
