@@ -198,3 +198,15 @@ def test_short_training_run_and_evaluate(world, tmp_path):
 def test_missing_split_file_is_named(world):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         make_task(world).split("nope")
+
+
+def test_eval_images_keeps_the_first_images_of_evaluation_splits_only(world):
+    whole, first = make_task(world), make_task(world, eval_images=2)
+    full, part = whole.split("val"), first.split("val")
+    assert [im.image_id for im in part.images] == [im.image_id for im in full.images[:2]]
+    assert part.captions == [c for im in full.images[:2] for c in im.captions]
+    assert len(first.split("train").images) == len(whole.split("train").images)  # training keeps all
+    scores = first.scores(scrambled_model(), "val")
+    assert scores.shape == (len(part.captions), 2)
+    with pytest.raises(ValueError, match="eval_images must be >= 2"):
+        make_task(world, eval_images=1)
