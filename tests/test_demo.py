@@ -189,3 +189,17 @@ def test_vilbert_demo_quick_end_to_end(tmp_path):
     before = (out / "results.json").read_text()
     assert main(["--quick", "--out", str(out), "--heartbeat", "0"]) == 0
     assert (out / "results.json").read_text() == before
+
+
+def test_default_demo_model_starts_its_text_stream_from_minilm():
+    """The demo's sizes rest on this (README): the preset's text stream has MiniLM's shapes, so
+    every row starts from it, as the paper's starts from BERT."""
+    from vilbert.cli.pretrain import shipped_minilm_dir
+    from vilbert.model import build_model, init_text_stream_from_bert, load_preset
+
+    sizes = default_sizes()
+    assert sizes.text_init and sizes.preset == "demo"
+    for architecture in ("two_stream", "single_stream"):
+        model = build_model(load_preset(sizes.preset, architecture=architecture))
+        report = init_text_stream_from_bert(model, shipped_minilm_dir())
+        assert len(report.loaded) == 77  # 6 layers x 12 tensors + 5 embeddings: all of MiniLM

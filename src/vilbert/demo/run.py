@@ -72,7 +72,13 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     metrics = collect_metrics(plan, results)
     world = results.get("world") or {}
     test_images = (world.get("images") or {}).get(plan.sizes.eval_split)
+    # Retrieval ranks the first `retrieval_eval_images` test images; chance follows that count.
+    retrieval_images = test_images
+    if test_images and plan.sizes.retrieval_eval_images:
+        retrieval_images = min(test_images, plan.sizes.retrieval_eval_images)
     notes = [f"{task}: {why}" for task, why in plan.skipped.items()]
+    if retrieval_images != test_images:
+        notes.append(f"retrieval ranks the first {retrieval_images} test images against their captions")
     notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
                  f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
                  "every row uses the same settings")
@@ -82,7 +88,7 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     written: dict[str, Any] = {}
     for table_plan in plan.tables:
         rows = [(r.key, r.label) for r in table_plan.rows]
-        table = make_table(table_plan.title, rows, metrics, notes, test_images)
+        table = make_table(table_plan.title, rows, metrics, notes, retrieval_images)
         claims = _claims(table) if table_plan.name == "results" else None
         text = write_results(table, plan.out, table_plan.name, claims,
                              {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining})
