@@ -263,3 +263,38 @@ def test_output_stride_16(world, tmp_path, backbone):
                      progress=False)
     store = FeatureStore(tmp_path / "s16")
     assert store.meta["stride"] == 16 and store["0"].features.shape == (12, 1280)
+
+
+def test_an_image_without_boxes_is_a_recorded_failure_not_a_stop(world, tmp_path, backbone):
+    data = json.loads((world / "proposals.json").read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 1]  # image 1 loses its boxes
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(data))
+    entries = read_coco_boxes(boxes, world / "images")
+    assert [e.image_id for e in entries] == ["0", "1", "2"] and entries[1].boxes.shape == (0, 4)
+    out = tmp_path / "store"
+    report = extract_features(entries, out, ExtractConfig(image_size=SIZE, batch_size=3),
+                              boxes_source="annotations", backbone=backbone, progress=False)
+    assert (report.written, report.failed) == (2, 1)
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["image_id"] for f in failures] == ["1"] and "lists no boxes" in failures[0]["error"]
+    assert sorted(FeatureStore(out).ids()) == ["0", "2"]
+
+
+def test_exif_orientation_is_applied_before_boxes(world, tmp_path, backbone):
+    """A photo stored sideways with EXIF orientation 6 (rotate 90 clockwise to view) gives the
+    same regions as the upright image, for boxes given in the upright frame."""
+    upright = Image.open(world / "images" / "0.png").convert("RGB")  # 200 x 160
+    (tmp_path / "up").mkdir(), (tmp_path / "side").mkdir()
+    upright.save(tmp_path / "up" / "0.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "side" / "0.png", exif=exif)
+    entries = {name: read_coco_boxes(world / "proposals.json", tmp_path / name)[:1] for name in ("up", "side")}
+    stores = {}
+    for name, entry in entries.items():
+        report = extract_features(entry, tmp_path / f"{name}.store", ExtractConfig(image_size=SIZE, batch_size=1),
+                                  boxes_source="annotations", backbone=backbone, progress=False)
+        assert (report.written, report.failed) == (1, 0)
+        stores[name] = FeatureStore(tmp_path / f"{name}.store")["0"]
+    np.testing.assert_allclose(stores["side"].features, stores["up"].features, atol=1e-5)

@@ -71,12 +71,13 @@ def read_coco_boxes(path: str | Path, images_dir: str | Path) -> list[ImageEntry
     for image in images:
         image_id = str(image["id"])
         boxes = per_image.pop(image_id, [])
-        if not boxes:
-            raise ValueError(f"{path}: image {image_id} ({image.get('file_name')}) has no boxes")
+        # An image without boxes stays in the list with [0,4] boxes: extraction records it in
+        # failures.jsonl and goes on with the others instead of stopping the whole job.
         boxes.sort(key=lambda item: -item[0])  # stable: ties keep the file's order
         entries.append(ImageEntry(
             image_id, Path(images_dir) / image["file_name"], image.get("width"), image.get("height"),
-            np.array([b for _, b in boxes], dtype=np.float32), np.array([s for s, _ in boxes], dtype=np.float32),
+            np.array([b for _, b in boxes], dtype=np.float32).reshape(-1, 4),
+            np.array([s for s, _ in boxes], dtype=np.float32),
         ))
     if per_image:
         raise ValueError(f"{path}: annotations name images not listed in 'images': {sorted(per_image)[:5]}")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
@@ -107,7 +107,9 @@ class _ImageDataset(torch.utils.data.Dataset):
 
     def _prepare(self, entry: ImageEntry) -> Prepared:
         with Image.open(entry.path) as img:
-            img = img.convert("RGB")
+            # Pixels as a viewer shows them (EXIF orientation applied, as OpenCV's imread does);
+            # boxes in a boxes file refer to that orientation.
+            img = ImageOps.exif_transpose(img).convert("RGB")
             img.load()
         width, height = img.size
         if entry.width is not None and (entry.width, entry.height) != (width, height):
@@ -124,6 +126,8 @@ class _ImageDataset(torch.utils.data.Dataset):
     def _boxes(self, entry: ImageEntry, img: Image.Image, width: int, height: int) -> np.ndarray:
         cfg = self.config
         if entry.boxes is not None:
+            if len(entry.boxes) == 0:
+                raise ValueError("the boxes file lists no boxes for this image")
             return clip_boxes(entry.boxes, width, height)
         if self.detector is None:
             return grid_boxes(width, height, cfg.grid_levels)[: cfg.max_boxes]
