@@ -48,6 +48,14 @@ def test_runner_skips_finished_stages_and_keeps_results(tmp_path):
     assert "reused" in stream.getvalue()
 
 
+def test_time_left_is_not_scaled_to_zero_by_instant_small_stages(tmp_path):
+    stages = [Stage("config", lambda: None, estimate_s=1.0), Stage("big", lambda: None, estimate_s=600.0)]
+    runner, stream = _runner(tmp_path)
+    runner.run(stages)
+    big_line = next(line for line in stream.getvalue().splitlines() if line.startswith("[2/2] big ("))
+    assert "about 10m00s left" in big_line  # the instant config stage does not rescale the estimate
+
+
 def test_runner_failure_leaves_no_marker_and_a_rerun_resumes(tmp_path):
     state = {"fail": True, "runs": 0}
     progress = tmp_path / "partial.txt"
@@ -195,7 +203,7 @@ def test_default_demo_model_starts_its_text_stream_from_minilm():
     """The demo's sizes rest on this (README): the preset's text stream has MiniLM's shapes, so
     every row starts from it, as the paper's starts from BERT."""
     from vilbert.cli.pretrain import shipped_minilm_dir
-    from vilbert.model import build_model, init_text_stream_from_bert, load_preset
+    from vilbert.model import build_model, init_text_stream_from_bert, load_preset, text_stream_prefixes
 
     sizes = default_sizes()
     assert sizes.text_init and sizes.preset == "demo"
@@ -203,3 +211,6 @@ def test_default_demo_model_starts_its_text_stream_from_minilm():
         model = build_model(load_preset(sizes.preset, architecture=architecture))
         report = init_text_stream_from_bert(model, shipped_minilm_dir())
         assert len(report.loaded) == 77  # 6 layers x 12 tensors + 5 embeddings: all of MiniLM
+        # what `vilbert finetune --text-lr-scale` slows down is exactly what came from MiniLM
+        prefixes = tuple(text_stream_prefixes(model))
+        assert {n for n, _ in model.named_parameters() if n.startswith(prefixes)} == set(report.loaded)

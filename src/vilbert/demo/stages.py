@@ -28,6 +28,11 @@ from vilbert.io.atomic import write_json
 StageFn = Callable[[], dict[str, Any] | None]
 
 
+# Stages expected to take less than this (config files, reused work) do not rescale the others'
+# estimates: one taking 0 s of an estimated 1 s would otherwise make everything left look instant.
+MIN_ESTIMATE_FOR_RATIO = 10.0
+
+
 @dataclass
 class Stage:
     """One step of a plan: `run()` does the work and returns a JSON-able result (or None)."""
@@ -93,8 +98,9 @@ class StageRunner:
             what = f" - {stage.description}" if stage.description else ""
             self._say(f"[{k}/{len(stages)}] {stage.name}{what} (elapsed {_fmt(elapsed)}, about {_fmt(left)} left)")
             seconds = self._run_one(stage, k, len(stages), start, ratio * stage.estimate_s, left)
-            spent += seconds
-            estimated += stage.estimate_s
+            if stage.estimate_s >= MIN_ESTIMATE_FOR_RATIO:  # an instant stage says nothing of the rest
+                spent += seconds
+                estimated += stage.estimate_s
             self._say(f"[{k}/{len(stages)}] {stage.name}: finished in {_fmt(seconds)}")
         self._say(f"all {len(stages)} stages done (this run {_fmt(time.perf_counter() - start)})")
         return self.results
