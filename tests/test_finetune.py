@@ -87,3 +87,14 @@ def test_builder_folders_recipes_and_options(root):
         parse_options(["oops"])
     with pytest.raises(FileNotFoundError, match="data root"):
         build_task("vqa", root / "missing")
+
+
+def test_text_lr_scale_names_the_text_stream(root):
+    args = finetune_cli.build_parser().parse_args(["--task", "vqa", "--data", str(root), "--out", "x",
+                                                   "--preset", "tiny", "--text-lr-scale", "0.1"])
+    two = finetune_cli.train_config(args, build_model(load_preset("tiny")))
+    assert two.lr_scales == {"text_embeddings.": 0.1, "encoder.text_layers.": 0.1}
+    one = finetune_cli.train_config(args, build_model(load_preset("tiny", architecture="single_stream")))
+    assert one.lr_scales == {"text_embeddings.": 0.1, "encoder.layers.": 0.1}
+    args.text_lr_scale = 1.0
+    assert finetune_cli.train_config(args, build_model(load_preset("tiny"))).lr_scales == {}

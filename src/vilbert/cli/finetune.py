@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--text-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier for the text stream (the weights BERT initialises); "
+                        "`vilbert demo` fine-tunes with 0.1")
     t.add_argument("--warmup-fraction", type=float, default=0.1)
     t.add_argument("--data-fraction", type=float, default=1.0, help="train on this share of the training set")
     t.add_argument("--seed", type=int, default=0)
@@ -106,11 +109,15 @@ def check_features(config, task) -> None:
                          f"v_feature_size={config.v_feature_size}")
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace, model=None):
+    from vilbert.model import text_stream_prefixes
     from vilbert.tasks.builder import recipe
     from vilbert.train import TrainConfig
 
     r = recipe(args.task)
+    lr_scales = {}
+    if args.text_lr_scale != 1.0 and model is not None:
+        lr_scales = {prefix: args.text_lr_scale for prefix in text_stream_prefixes(model)}
     return TrainConfig(
         lr=args.lr if args.lr is not None else r.lr,
         epochs=args.epochs if args.epochs is not None else r.epochs,
@@ -118,7 +125,7 @@ def train_config(args: argparse.Namespace):
         batch_size=args.batch_size if args.batch_size is not None else r.batch_size,
         grad_accum=args.grad_accum, warmup_fraction=args.warmup_fraction, data_fraction=args.data_fraction,
         seed=args.seed, precision=args.precision, device=args.device, eval_every=args.eval_every,
-        save_every=args.save_every, num_workers=args.workers, progress=not args.no_progress,
+        save_every=args.save_every, num_workers=args.workers, progress=not args.no_progress, lr_scales=lr_scales,
     )
 
 
@@ -144,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     task = make_task(args)
     model = build_initial_model(args, task)
     check_features(model.config, task)
-    config = train_config(args)
+    config = train_config(args, model)
     result = train(model, task, config, args.out, resume=args.resume, eval_splits=("val",))
     if os.environ.get("RANK", "0") != "0":
         return {}  # under torchrun, rank 0 writes the model and the metrics

@@ -320,6 +320,14 @@ def _read_bert_weights(directory: Path) -> StateDict:
     raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
 
 
+def text_stream_prefixes(model: ViLBert) -> list[str]:
+    """Module prefixes of the weights `init_text_stream_from_bert` fills: the text embeddings and
+    the text layers (the shared layers of the single-stream baseline). Used to give them their own
+    learning rate (`TrainConfig.lr_scales`) when the BERT directory is not at hand."""
+    layers = "encoder.layers." if model.config.architecture == "single_stream" else "encoder.text_layers."
+    return ["text_embeddings.", layers]
+
+
 def init_text_stream_from_bert(model: ViLBert, bert_dir: str | Path) -> ConversionReport:
     """Load a Hugging Face BERT directory's embeddings and layers into the model's text stream.
 
