@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vilbert.demo.plan import TASKS, build_plan, default_sizes, quick_sizes
+from vilbert.demo.plan import TASKS, _Context, build_plan, default_sizes, quick_sizes
 from vilbert.demo.results import COLUMNS, check_claims, make_table, write_results
 from vilbert.demo.run import check_settings
 from vilbert.demo.stages import Stage, StageError, StageRunner
@@ -214,3 +214,6 @@ def test_default_demo_model_starts_its_text_stream_from_minilm():
         # what `vilbert finetune --text-lr-scale` slows down is exactly what came from MiniLM
         prefixes = tuple(text_stream_prefixes(model))
         assert {n for n, _ in model.named_parameters() if n.startswith(prefixes)} == set(report.loaded)
+        # and the demo's fine-tunes slow down exactly those
+        scales = _Context(Path("unused"), sizes).bert_lr_scales(model)
+        assert scales == {prefix: sizes.finetune_bert_lr_scale for prefix in prefixes}

@@ -353,17 +353,14 @@ class _Context:
             init_text_stream_from_bert(model, _text_init(self.sizes))
         return model
 
-    def bert_lr_scales(self, row: Row) -> dict[str, float]:
-        """{module prefix: finetune_bert_lr_scale} for the weights a fresh model of the row's config
-        takes from BERT (the same names whether the row was pretrained or not)."""
+    def bert_lr_scales(self, model) -> dict[str, float]:
+        """{module prefix: finetune_bert_lr_scale} for the text stream, the weights BERT initialises
+        (the same modules whether the row was pretrained or not)."""
         if not self.sizes.text_init or self.sizes.finetune_bert_lr_scale == 1.0:
             return {}
-        from vilbert.model import ViLBertConfig, build_model, init_text_stream_from_bert
-        from vilbert.train.optim import covering_prefixes
+        from vilbert.model import text_stream_prefixes
 
-        model = build_model(ViLBertConfig.from_json(self.config_path(row.model)))
-        report = init_text_stream_from_bert(model, _text_init(self.sizes))
-        return {prefix: self.sizes.finetune_bert_lr_scale for prefix in covering_prefixes(model, report.loaded)}
+        return {prefix: self.sizes.finetune_bert_lr_scale for prefix in text_stream_prefixes(model)}
 
     def build_task(self, name: str, **options: Any):
         from vilbert.tasks.builder import build_task
@@ -388,7 +385,7 @@ class _Context:
             task = self.build_task(task_name)
             model = self.load_model(row)
             config = TrainConfig(lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed,
-                                 warmup_fraction=0.1, progress=True, lr_scales=self.bert_lr_scales(row))
+                                 warmup_fraction=0.1, progress=True, lr_scales=self.bert_lr_scales(model))
             out = self.run_dir(row, task_name)
             train(model, task, config, out, resume=True, eval_splits=())
             metrics = task.evaluate(model, s.eval_split)
