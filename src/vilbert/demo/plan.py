@@ -45,8 +45,8 @@ class DemoSizes:
     # 2-4 objects, at most 14 proposals, 10 captions per image, features at 384 px (at 224 px a
     # linear probe reads an object's colour from its region feature only 60% of the time, at
     # 384 px 71%). A fifth of the images are test images, so that each task's test set has ~100
-    # (VCR) to ~1,000 (VQA, referring expressions) items; retrieval scores the first 50 test
-    # images against their 250 captions.
+    # (VCR) to ~1,000 (VQA, referring expressions) items; retrieval scores the first 40 test
+    # images against their 200 captions.
     images: int = 800
     train_fraction: float = 0.75
     val_fraction: float = 0.05  # test gets the rest: 160 images
