@@ -98,3 +98,16 @@ def test_text_lr_scale_names_the_text_stream(root):
     assert one.lr_scales == {"text_embeddings.": 0.1, "encoder.layers.": 0.1}
     args.text_lr_scale = 1.0
     assert finetune_cli.train_config(args, build_model(load_preset("tiny"))).lr_scales == {}
+
+
+def test_evaluate_zero_shot_retrieval_from_a_data_root(root, tmp_path, capsys):
+    """The README's `vilbert evaluate --task zero_shot_retrieval` on a world root reads flickr30k/."""
+    assert build_task("zero_shot_retrieval", root).data.data_dir == str(root / "flickr30k")
+    init = tmp_path / "init"
+    save_pretrained(build_model(load_preset("tiny")), init)  # a pretraining run's model/ has an alignment head
+    rc = evaluate_cli.main(["--task", "zero_shot_retrieval", "--checkpoint", str(init), "--data", str(root),
+                            "--split", "val", "--option", "eval_images=3", "--option", "progress=false"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["metrics"]) == {f"{d}_r{k}" for d in ("ir", "tr") for k in (1, 5, 10)}
+    assert printed["metrics"]["ir_r10"] == 1.0  # 3 images: the right one is always in the top 10

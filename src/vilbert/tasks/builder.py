@@ -37,6 +37,7 @@ RECIPES: dict[str, Recipe] = {
     "vcr_qa_r": Recipe("vcr", 60, 64, 2e-5, 20),
     "refer": Recipe("refcoco+", 20, 256, 4e-5, 20),
     "retrieval": Recipe("flickr30k", 30, 64, 2e-5, 20),
+    "zero_shot_retrieval": Recipe("flickr30k", 30, 64, 2e-5, 20),  # evaluation only
 }
 _DEFAULT = Recipe("", 36, 32, 2e-5, 10)
 
