@@ -229,6 +229,16 @@ def test_annotators_disagree_sometimes(many_questions):
     assert 0.3 < disagreeing < 0.9
 
 
+def test_a_wrong_yes_no_answer_rarely_earns_credit(many_questions):
+    # With noisy annotators a confusion gets 3+ votes and "yes" to everything scores ~0.7; people
+    # agree on yes/no questions, and the metric must reward reading the image.
+    yes_no = [(q, a) for _, q, a in many_questions if q.answer_type == "yes/no"]
+    always_yes = np.mean([soft_score(a.count("yes")) for _, a in yes_no])
+    wrong = [soft_score(a.count("no" if q.answer == "yes" else "yes")) for q, a in yes_no]
+    assert 0.45 < always_yes < 0.6
+    assert np.mean(np.array(wrong) >= 0.9) < 0.05  # full or nearly full credit for the wrong answer
+
+
 def test_cli_writes_a_world_and_rejects_bad_fractions(tmp_path, capsys):
     assert world_main(["--out", str(tmp_path / "w"), "--images", "5", "--image-size", "96", "--no-progress"]) == 0
     assert (tmp_path / "w" / "world.json").exists()
@@ -277,6 +287,25 @@ def test_vcr_rationales_need_the_image(world):
             assert content <= set(r), (content, r)
         positions[v.rationale_label] += 1
     assert len(positions) == 4  # the right rationale is not always in one place
+
+
+def test_several_vcr_items_per_image_ask_about_different_objects(tmp_path):
+    one = generate_world(tmp_path / "one", 12, seed=2, image_size=96, progress=False).parent
+    three = generate_world(tmp_path / "three", 12, seed=2, image_size=96, vcr_per_image=3, progress=False).parent
+    items = {n: [v for s in SPLITS for v in read_vcr(w / "vcr" / f"{s}.jsonl")] for n, w in (("one", one), ("three", three))}
+    assert len(items["three"]) > 1.5 * len(items["one"])
+    assert len({v.annot_id for v in items["three"]}) == len(items["three"])
+    per_image = collections.Counter(v.image_id for v in items["three"])
+    assert max(per_image.values()) == 3
+    programs = {r["image_id"]: r["vcr"] for r in map(json.loads, (three / "scenes.jsonl").read_text().splitlines())}
+    for image_id, count in per_image.items():
+        pairs = [(p["anchor"], p["rel"]) for p in programs[int(image_id)]]
+        assert len(pairs) == count == len(set(pairs))  # one item per (anchor, relation)
+    # The first item of each image is the one a one-item world asks (same random draws).
+    firsts = {v.image_id: v.question for v in items["three"] if not v.annot_id.count("-") > 1}
+    assert firsts == {v.image_id: v.question for v in items["one"]}
+    with pytest.raises(ValueError, match="vcr_per_image=0"):
+        generate_world(tmp_path / "bad", 12, seed=2, image_size=96, vcr_per_image=0, progress=False)
 
 
 def test_difficulty_knobs_bound_objects_and_proposals(tmp_path):

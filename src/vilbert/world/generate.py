@@ -27,14 +27,16 @@ from tqdm import tqdm
 from vilbert.io.atomic import atomic_path, write_json
 from vilbert.world.language import captions, program_text, referring_program, tokenize
 from vilbert.world.proposals import MAX_PROPOSALS, MIN_PROPOSALS, proposals
-from vilbert.world.questions import annotator_answers, vcr_item, vqa_questions
+from vilbert.world.questions import annotator_answers, vcr_items, vqa_questions
 from vilbert.world.render import encode_png, render_scene
 from vilbert.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene, sample_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-FORMAT_VERSION = 2  # 2: VCR rationales share one template (need the image)
+FORMAT_VERSION = 3  # 2: VCR rationales share one template (need the image); 3: VQA annotators agree
+# as people do, own random stream; several VCR items per image (vcr_per_image)
 # Streams of randomness per image: resuming skips rendering without shifting the others.
-_SCENE, _RENDER, _PROPOSALS, _LANGUAGE = 0, 1, 2, 3
+# Independent random streams per image, so that changing one kind of annotation leaves the others.
+_SCENE, _RENDER, _PROPOSALS, _LANGUAGE, _ANNOTATORS = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class WorldConfig:
     questions_per_family: int = 2
     refs_per_image: int = 3
     sentences_per_ref: int = 2
+    vcr_per_image: int = 1  # VCR items (distinct anchor and relation) per image, as the scene allows
     # Difficulty knobs (the demo makes the world easier for a small model trained for minutes).
     min_objects: int = 2
     max_objects: int = 6
@@ -63,9 +66,10 @@ class WorldConfig:
             raise ValueError(f"image_size={self.image_size}: expected 64..1024 pixels")
         # Ids are built as image_id * 10 + ref, ref_id * 10 + sentence, image_id * 100 + question.
         if not (1 <= self.refs_per_image <= 10 and 1 <= self.sentences_per_ref <= 10
-                and 1 <= self.questions_per_family <= 25):
+                and 1 <= self.questions_per_family <= 25 and 1 <= self.vcr_per_image <= 10):
             raise ValueError(f"refs_per_image={self.refs_per_image}, sentences_per_ref={self.sentences_per_ref}, "
-                             f"questions_per_family={self.questions_per_family}: expected 1..10, 1..10, 1..25")
+                             f"questions_per_family={self.questions_per_family}, vcr_per_image={self.vcr_per_image}: "
+                             f"expected 1..10, 1..10, 1..25, 1..10")
         if not 2 <= self.min_objects <= self.max_objects <= 6:
             raise ValueError(f"min_objects={self.min_objects}, max_objects={self.max_objects}: expected 2 <= min <= max <= 6")
         if not max(MIN_PROPOSALS, 3 * self.max_objects) <= self.max_proposals <= MAX_PROPOSALS:
@@ -110,16 +114,17 @@ def _make_image(job: tuple[WorldConfig, str, int, str]) -> dict[str, Any]:
     record["proposals"] = proposals(scene, _rng(config, image_id, _PROPOSALS), config.max_proposals)
     record["captions"] = captions(scene, rng, config.captions_per_image)
     record["retrieval"] = captions(scene, rng, config.retrieval_captions)
+    annotators = _rng(config, image_id, _ANNOTATORS)
     record["questions"] = [
         {"question_id": image_id * 100 + k, "family": q.family, "question": q.question, "answer": q.answer,
-         "answers": annotator_answers(q.answer, rng), "question_type": q.question_type,
+         "answers": annotator_answers(q.answer, annotators), "question_type": q.question_type,
          "answer_type": q.answer_type, "program": q.program}
         for k, q in enumerate(vqa_questions(scene, rng, config.questions_per_family))
     ]
     record["refs"] = _refs(scene, rng, config)
-    record["vcr"] = vcr_item(scene, rng)
-    if record["vcr"] is not None:  # VCR keeps boxes in one metadata file per image
-        _write_vcr_metadata(Path(out_dir), scene, record["vcr"]["objects"])
+    record["vcr"] = vcr_items(scene, rng, config.vcr_per_image)
+    if record["vcr"]:  # VCR keeps boxes in one metadata file per image
+        _write_vcr_metadata(Path(out_dir), scene, record["vcr"][0]["objects"])
     return record
 
 
@@ -219,10 +224,11 @@ class _WorldWriter:
             annotations.add({"question_type": q["question_type"], "multiple_choice_answer": q["answer"],
                              "answers": answers, "image_id": image_id, "answer_type": q["answer_type"],
                              "question_id": q["question_id"]})
-        if r["vcr"] is not None:
-            row = {k: v for k, v in r["vcr"].items() if k != "program"}
+        for k, item in enumerate(r["vcr"]):
+            row = {key: v for key, v in item.items() if key != "program"}
+            annot_id = f"{split}-{image_id}" + (f"-{k}" if k else "")
             row.update(img_fn=f"{image_id}.png", metadata_fn=f"metadata/{image_id}.json",
-                       annot_id=f"{split}-{image_id}", img_id=f"{split}-{image_id}", movie="world")
+                       annot_id=annot_id, img_id=f"{split}-{image_id}", movie="world")
             self.lines["vcr"][split].write(json.dumps(row) + "\n")
         self.scenes.write(json.dumps(_ground_truth(r)) + "\n")
 
@@ -262,7 +268,7 @@ def _ground_truth(r: dict) -> dict:
                           for q in r["questions"]],
             "refs": [{"ref_id": r["image_id"] * 10 + j, "object": ref["object"], "program": ref["program"]}
                      for j, ref in enumerate(r["refs"])],
-            "vcr": None if r["vcr"] is None else r["vcr"]["program"]}
+            "vcr": [item["program"] for item in r["vcr"]]}
 
 
 # ------------------------------------------------------------------------------------- driver
