@@ -106,8 +106,9 @@ def test_results_table_markdown_json_png_and_claims(tmp_path):
                "vilbert": _fake_metrics(0.1)}
     metrics["vilbert"]["refer"]["accuracy"] = 0.55  # below the single-stream row: that claim must fail
     del metrics["vilbert_scratch"]["vcr"]  # a task that did not run
-    table = make_table("Table", ROWS, metrics, ["a note"], test_images=100)
+    table = make_table("Table", ROWS, metrics, ["a note"], test_images=100, prior={"VQA": 0.4})
     assert table.values["ViLBERT"]["VQA"] == 60.0
+    assert table.prior == {"VQA": 40.0} and table.chance["VCR Q->AR"] == 6.25
     assert table.values["Scratch"]["VCR Q->A"] is None
     assert table.chance["Zero-shot R@1"] == 1.0 and table.chance["Retrieval R@10"] == 10.0
 
@@ -123,7 +124,9 @@ def test_results_table_markdown_json_png_and_claims(tmp_path):
     assert md == text
     header = md.splitlines()[2]
     assert all(column in header for column, _, _ in COLUMNS)
-    assert "| ViLBERT | 60.0 |" in md and "| chance |" in md and "- a note" in md
+    assert "| ViLBERT | 60.0 |" in md and "- a note" in md
+    assert "| chance (VQA: best answer per question type) | 40.0 | 25.0 | 25.0 | 6.2 |" in md
+    assert "pretraining helps: VQA (pretrained 60.0 vs unpretrained 50.0; without the image 40.0)" in md
     assert "[NOT held] two streams beat one: RefCOCO+" in md
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["values"]["Single"]["Retrieval R@5"] == 65.0

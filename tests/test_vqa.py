@@ -11,7 +11,7 @@ from vilbert.data.readers.vqa import VQAExample
 from vilbert.model import build_model, load_pretrained, load_preset, save_pretrained
 from vilbert.tasks.builder import build_task
 from vilbert.tasks.vqa import (
-    build_answer_vocab, head_answers, soft_targets, top_answers, vqa_accuracy, vqa_loss,
+    answer_prior_accuracy, build_answer_vocab, head_answers, soft_targets, top_answers, vqa_accuracy, vqa_loss,
 )
 
 
@@ -50,6 +50,19 @@ def test_loss_is_mean_bce_times_answers():
     logits, target = torch.randn(3, 5), torch.rand(3, 5)
     per_row_sum = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1).mean()
     assert vqa_loss(logits, target) == pytest.approx(float(per_row_sum), rel=1e-6)
+
+
+def test_answer_prior_answers_by_question_type():
+    def typed(qid, counts, kind):
+        return VQAExample(qid, "1", "what?", dict(counts), None, question_type=kind)
+
+    train = [typed(1, {"yes": 10}, "is there a"), typed(2, {"yes": 7, "no": 3}, "is there a"),
+             typed(3, {"no": 10}, "is there a"), typed(4, {"2": 10}, "how many"), typed(5, {"3": 4, "2": 6}, "how many")]
+    test = [typed(6, {"yes": 10}, "is there a"), typed(7, {"no": 9, "yes": 1}, "is there a"),
+            typed(8, {"3": 10}, "how many"), typed(9, {"2": 10}, "what color is the")]
+    # "yes" (1 + 1 summed) beats "no" (0.9 + 1) for "is there a"; "2" for "how many"; an unseen
+    # type takes the best answer overall: "2" and "yes" tie at 2.0, and ties go alphabetically.
+    assert answer_prior_accuracy(train, test) == pytest.approx((1.0 + 0.3 + 0.0 + 1.0) / 4)
 
 
 def test_top_answers_sorted():

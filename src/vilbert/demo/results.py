@@ -30,6 +30,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 # The fine-tuned tasks the claims compare (one column each; retrieval by R@1).
 CLAIM_COLUMNS = ("VQA", "VCR Q->A", "VCR QA->R", "VCR Q->AR", "RefCOCO+", "Retrieval R@1")
 FAR_ABOVE_CHANCE = 3.0  # "far above chance": at least this many times the chance rate
+VCR_CHANCE = {"VCR Q->A": 0.25, "VCR QA->R": 0.25, "VCR Q->AR": 0.0625}  # four choices each
 
 
 @dataclass
@@ -40,15 +41,19 @@ class ResultsTable:
     values: dict[str, dict[str, float | None]]  # row label -> column label -> percent
     notes: list[str] = field(default_factory=list)
     chance: dict[str, float] = field(default_factory=dict)  # column -> chance percent
+    # VQA's floor is not chance but the answer prior: the best answer per question type.
+    prior: dict[str, float] = field(default_factory=dict)  # column -> percent without the image
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "columns": [c for c, _, _ in COLUMNS], "rows": self.rows, "keys": self.keys,
-                "values": self.values, "chance": self.chance, "notes": self.notes}
+                "values": self.values, "chance": self.chance, "prior": self.prior, "notes": self.notes}
 
 
 def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[str, dict[str, float]]],
-               notes: list[str] | None = None, test_images: int | None = None) -> ResultsTable:
-    """rows: (key, label); metrics: row key -> task -> metric -> value in [0, 1]."""
+               notes: list[str] | None = None, test_images: int | None = None,
+               prior: dict[str, float] | None = None) -> ResultsTable:
+    """rows: (key, label); metrics: row key -> task -> metric -> value in [0, 1]; prior: column ->
+    the score without the image, in [0, 1] (VQA's answer prior)."""
     values: dict[str, dict[str, float | None]] = {}
     for key, label in rows:
         per_task = metrics.get(key, {})
@@ -56,13 +61,14 @@ def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[
         for column, task, metric in COLUMNS:
             value = per_task.get(task, {}).get(metric)
             values[label][column] = None if value is None else round(100.0 * float(value), 2)
-    chance = {}
+    chance = {column: round(100.0 * value, 2) for column, value in VCR_CHANCE.items()}
     if test_images:
         for column, task, metric in COLUMNS:
             if task.endswith("retrieval"):
                 k = int(metric.rsplit("r", 1)[1])
                 chance[column] = round(100.0 * min(k, test_images) / test_images, 2)
-    return ResultsTable(title, [label for _, label in rows], [key for key, _ in rows], values, list(notes or []), chance)
+    return ResultsTable(title, [label for _, label in rows], [key for key, _ in rows], values, list(notes or []), chance,
+                        {column: round(100.0 * value, 2) for column, value in (prior or {}).items()})
 
 
 def to_markdown(table: ResultsTable) -> str:
@@ -72,8 +78,10 @@ def to_markdown(table: ResultsTable) -> str:
     for label in table.rows:
         cells = [_cell(table.values[label].get(c)) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if table.chance:
-        lines.append("| chance | " + " | ".join(_cell(table.chance.get(c)) if c in table.chance else "" for c in columns) + " |")
+    if table.chance or table.prior:
+        floor = {**table.chance, **table.prior}
+        label = "chance (VQA: best answer per question type)" if table.prior else "chance"
+        lines.append(f"| {label} | " + " | ".join(_cell(floor.get(c)) if c in floor else "" for c in columns) + " |")
     lines.append("")
     lines.append("All numbers are percentages on the world's test split; `-` = not run.")
     lines += [f"- {note}" for note in table.notes]
@@ -97,10 +105,10 @@ def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single
     claims = []
     for column in CLAIM_COLUMNS:
         claims.append(_compare(f"pretraining helps: {column}", v[pretrained].get(column), v[unpretrained].get(column),
-                               "pretrained", "unpretrained"))
+                               "pretrained", "unpretrained", table.prior.get(column)))
     for column in CLAIM_COLUMNS:
         claims.append(_compare(f"two streams beat one: {column}", v[pretrained].get(column), v[single].get(column),
-                               "ViLBERT", "single-stream"))
+                               "ViLBERT", "single-stream", table.prior.get(column)))
     zs, chance = v[pretrained].get("Zero-shot R@1"), table.chance.get("Zero-shot R@1")
     if zs is None or not chance:
         claims.append(Claim("zero-shot retrieval far above chance", None, "zero-shot retrieval did not run"))
@@ -110,10 +118,12 @@ def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single
     return claims
 
 
-def _compare(text: str, a: float | None, b: float | None, name_a: str, name_b: str) -> Claim:
+def _compare(text: str, a: float | None, b: float | None, name_a: str, name_b: str,
+             prior: float | None = None) -> Claim:
     if a is None or b is None:
         return Claim(text, None, "not run")
-    return Claim(text, a > b, f"{name_a} {a:.1f} vs {name_b} {b:.1f}")
+    without_image = "" if prior is None else f"; without the image {prior:.1f}"
+    return Claim(text, a > b, f"{name_a} {a:.1f} vs {name_b} {b:.1f}{without_image}")
 
 
 def claims_text(claims: list[Claim]) -> str:
@@ -125,7 +135,7 @@ def claims_text(claims: list[Claim]) -> str:
 
 
 def plot_table(table: ResultsTable, path: str | Path) -> Path:
-    """A grouped bar chart: one group per column, one bar per row; chance as a tick."""
+    """A grouped bar chart: one group per column, one bar per row; chance and the answer prior as ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,10 +150,11 @@ def plot_table(table: ResultsTable, path: str | Path) -> Path:
     for k, label in enumerate(table.rows):
         heights = [table.values[label].get(c) for c in columns]
         ax.bar(x - 0.4 + width * (k + 0.5), [h if h is not None else 0.0 for h in heights], width, label=label)
-    for i, column in enumerate(columns):
-        if column in table.chance:
-            ax.hlines(table.chance[column], x[i] - 0.4, x[i] + 0.4, colors="black", linestyles="dashed", linewidth=1,
-                      label="chance" if i == min(columns.index(c) for c in table.chance) else None)
+    for floor, name, style in ((table.chance, "chance", "dashed"), (table.prior, "without the image", "dotted")):
+        for i, column in enumerate(columns):
+            if column in floor:
+                ax.hlines(floor[column], x[i] - 0.4, x[i] + 0.4, colors="black", linestyles=style, linewidth=1,
+                          label=name if i == min(columns.index(c) for c in floor) else None)
     ax.set_xticks(x)
     ax.set_xticklabels(columns, rotation=30, ha="right")
     ax.set_ylabel("% (test split)")

@@ -85,10 +85,11 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     # Pretraining's last validation numbers (alignment accuracy says whether zero-shot can work).
     pretraining = {name[len("pretrain-"):]: (r or {}).get("val") for name, r in results.items()
                    if name.startswith("pretrain-")}
+    prior = vqa_prior(plan)
     written: dict[str, Any] = {}
     for table_plan in plan.tables:
         rows = [(r.key, r.label) for r in table_plan.rows]
-        table = make_table(table_plan.title, rows, metrics, notes, retrieval_images)
+        table = make_table(table_plan.title, rows, metrics, notes, retrieval_images, prior)
         claims = _claims(table) if table_plan.name == "results" else None
         text = write_results(table, plan.out, table_plan.name, claims,
                              {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining})
@@ -96,6 +97,20 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
         print(f"wrote {plan.out / table_plan.name}.md, .json, .png", file=stream)
         written[table_plan.name] = {"table": table, "text": text}
     return written
+
+
+def vqa_prior(plan: DemoPlan) -> dict[str, float]:
+    """{"VQA": accuracy of the best answer per question type} on the evaluation split, or {} when
+    the world's VQA annotations are not there (the table then shows no VQA floor)."""
+    from vilbert.data.readers.vqa import read_vqa, vqa_paths
+    from vilbert.tasks.vqa import answer_prior_accuracy
+
+    folder = plan.out / "world" / "vqa"
+    paths = {split: vqa_paths(folder, split) for split in ("train", plan.sizes.eval_split)}
+    if not all(p.is_file() for pair in paths.values() for p in pair):
+        return {}
+    train, test = (read_vqa(*paths[split]) for split in ("train", plan.sizes.eval_split))
+    return {"VQA": answer_prior_accuracy(train, test)}
 
 
 def _claims(table: ResultsTable):

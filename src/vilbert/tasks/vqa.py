@@ -71,6 +71,21 @@ def vqa_accuracy(predicted: Sequence[str], scores: Sequence[dict[str, float]]) -
     return sum(s.get(p, 0.0) for p, s in zip(predicted, scores)) / len(predicted)
 
 
+def answer_prior_accuracy(train: Sequence[VQAExample], test: Sequence[VQAExample]) -> float:
+    """VQA accuracy on `test` of answering every question with its question type's best answer on
+    `train` (highest summed soft score): what a model scores that reads the question's first
+    words and never the image. A type unseen in `train` gets the best answer overall."""
+    totals: dict[str | None, Counter[str]] = {}
+    for ex in train:
+        totals.setdefault(ex.question_type, Counter()).update(ex.scores)
+    def top(counts: Counter[str]) -> str:  # ties go to the first answer alphabetically
+        return min(counts.items(), key=lambda item: (-item[1], item[0]))[0] if counts else ""
+
+    best = {kind: top(counts) for kind, counts in totals.items()}
+    fallback = top(sum(totals.values(), Counter()))
+    return vqa_accuracy([best.get(ex.question_type, fallback) for ex in test], [ex.scores for ex in test])
+
+
 def top_answers(logits: torch.Tensor, answers: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
     """Per row of [B,A] logits, the k best answers with their sigmoid scores (BCE-trained)."""
     probs = torch.sigmoid(logits.float())
