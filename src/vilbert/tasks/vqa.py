@@ -78,6 +78,7 @@ def answer_prior_accuracy(train: Sequence[VQAExample], test: Sequence[VQAExample
     totals: dict[str | None, Counter[str]] = {}
     for ex in train:
         totals.setdefault(ex.question_type, Counter()).update(ex.scores)
+
     def top(counts: Counter[str]) -> str:  # ties go to the first answer alphabetically
         return min(counts.items(), key=lambda item: (-item[1], item[0]))[0] if counts else ""
 
