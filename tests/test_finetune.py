@@ -5,10 +5,11 @@ checkpoint alone."""
 import json
 
 import pytest
+import torch
 
 from vilbert.cli import evaluate as evaluate_cli
 from vilbert.cli import finetune as finetune_cli
-from vilbert.model import build_model, load_preset, save_pretrained
+from vilbert.model import build_model, load_pretrained, load_preset, save_pretrained
 from vilbert.tasks.builder import build_task, parse_options, recipe
 
 
@@ -59,6 +60,22 @@ def test_vcr_from_a_saved_model(root, tmp_path):
     assert "pair_score" in json.loads((out / "model" / "config.json").read_text())["heads"]
 
 
+def test_reinit_starts_the_named_modules_afresh(root, tmp_path, capsys):
+    torch.manual_seed(0)
+    init = tmp_path / "init"
+    save_pretrained(build_model(load_preset("tiny")), init)
+    out = tmp_path / "run"
+    rc = finetune_cli.main(["--task", "vqa", "--data", str(root), "--out", str(out), "--init", str(init),
+                            "--reinit", "text_pooler,image_pooler", "--max-steps", "2", "--batch-size", "4",
+                            "--lr", "1e-5", "--no-progress"])
+    assert rc == 0 and "re-initialised text_pooler, image_pooler" in capsys.readouterr().err
+    before, after = load_pretrained(init).state_dict(), load_pretrained(out / "model").state_dict()
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    # two steps at 1e-5 move a weight by ~2e-5; a fresh N(0, 0.02) draw moves it by ~0.02
+    assert moved["text_pooler.dense.weight"] > 0.01 and moved["image_pooler.dense.weight"] > 0.01
+    assert moved["encoder.text_layers.0.qkv.proj.weight"] < 1e-3
+
+
 def test_bad_arguments_are_named(root, tmp_path, capsys):
     base = ["--data", str(root), "--out", str(tmp_path / "r"), "--max-steps", "1", "--no-progress"]
     assert finetune_cli.main(["--task", "vqa", *base]) == 2
@@ -67,6 +84,8 @@ def test_bad_arguments_are_named(root, tmp_path, capsys):
     assert "min_count" in capsys.readouterr().err
     assert finetune_cli.main(["--task", "nosuch", "--preset", "tiny", *base]) == 2
     assert "valid tasks" in capsys.readouterr().err
+    assert finetune_cli.main(["--task", "vqa", "--preset", "tiny", "--reinit", "text_poolr", *base]) == 2
+    assert "'text_poolr'" in capsys.readouterr().err
     assert finetune_cli.main(["--task", "vqa", "--preset", "base", *base]) == 2  # 2048-d model, 1280-d store
     assert "1280-d features" in capsys.readouterr().err
     no_head = tmp_path / "nohead"

@@ -217,3 +217,29 @@ def test_config_json_round_trip(tmp_path):
     with pytest.raises(ValueError, match="unknown ViLBertConfig keys"):
         ViLBertConfig.from_dict({"hiden_size": 3})
     assert set(HEAD_TYPES) == set(ALL_HEADS)
+
+
+def test_reinitialize_resets_only_the_named_modules():
+    model = tiny_model(heads={"alignment": {}})
+    with torch.no_grad():  # as if pretrained: every weight moved away from its initialisation
+        for p in model.parameters():
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    reset = model.reinitialize(["text_pooler", "image_pooler"])
+    assert sorted(reset) == sorted(f"{m}.dense.{p}" for m in ("text_pooler", "image_pooler") for p in ("weight", "bias"))
+    after = model.state_dict()
+    for key, value in after.items():
+        if key in reset:
+            assert not torch.equal(value, before[key]), key
+        else:
+            assert torch.equal(value, before[key]), key
+    # BERT's initialisation: zero bias, N(0, 0.02) weight; the draw follows torch's seed
+    assert torch.count_nonzero(after["text_pooler.dense.bias"]) == 0
+    assert abs(float(after["image_pooler.dense.weight"].std()) - model.config.initializer_range) < 0.005
+    again = tiny_model(heads={"alignment": {}})
+    torch.manual_seed(3)
+    again.reinitialize(["text_pooler", "image_pooler"])
+    torch.testing.assert_close(again.state_dict()["text_pooler.dense.weight"], after["text_pooler.dense.weight"])
+    with pytest.raises(KeyError, match="no such module.*text_pooler"):
+        model.reinitialize(["text_poolr"])

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--text-init", default="none",
                       help="with --preset: a BERT directory for the text stream, 'bundled' (all-MiniLM-L6-v2), or none")
     init.add_argument("--single-stream", action="store_true", help="with --preset: the paper's single-stream baseline")
+    init.add_argument("--reinit", action="append", default=[], metavar="MODULE[,MODULE]",
+                      help="start these modules afresh before training, e.g. text_pooler,image_pooler "
+                           "(seeded by --seed; repeatable)")
     t = p.add_argument_group("training (defaults: the task's recipe)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--max-steps", type=int, default=None, help="run exactly this many steps (overrides --epochs)")
@@ -151,6 +154,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     task = make_task(args)
     model = build_initial_model(args, task)
     check_features(model.config, task)
+    reinit = [name for value in args.reinit for name in value.split(",") if name]
+    if reinit:
+        import torch
+
+        torch.manual_seed(args.seed)
+        model.reinitialize(reinit)
+        print(f"re-initialised {', '.join(reinit)}", file=sys.stderr)
     config = train_config(args, model)
     result = train(model, task, config, args.out, resume=args.resume, eval_splits=("val",))
     if os.environ.get("RANK", "0") != "0":

@@ -134,6 +134,20 @@ class ViLBert(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def reinitialize(self, module_names: Sequence[str]) -> list[str]:
+        """Give the named submodules (e.g. "text_pooler", "encoder.text_layers.5") fresh weights
+        from the model's own initialisation, drawn from torch's global generator; returns the names
+        of the parameters reset. A name that is no submodule raises, listing the top-level ones."""
+        modules = dict(self.named_modules())
+        reset: list[str] = []
+        for name in module_names:
+            if not name or name not in modules:
+                raise KeyError(f"cannot re-initialise {name!r}: the model has no such module "
+                               f"(top-level modules: {', '.join(n for n, _ in self.named_children())})")
+            modules[name].apply(self._init_weights)
+            reset += [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
+        return reset
+
     def add_head(self, name: str, **kwargs: Any) -> nn.Module:
         """Add a head (e.g. fine-tuning a checkpoint that lacks it) and record it in the config."""
         if name in self.heads:
