@@ -159,6 +159,7 @@ def test_settings_of_an_existing_demo_are_not_mixed(tmp_path):
 
     with pytest.raises(FileExistsError, match="differs in: images"):
         check_settings(tmp_path, replace(sizes, images=99))
+    check_settings(tmp_path, replace(sizes, seconds_per_image_features=9.0))  # an estimate, not a setting
 
 
 def test_report_only_writes_a_partial_table_without_running(tmp_path):

@@ -16,17 +16,26 @@ SETTINGS_FILE = "demo.json"
 
 
 def check_settings(out: Path, sizes: DemoSizes) -> None:
-    """Refuse to mix runs: OUT must hold a demo with the same sizes (or nothing)."""
+    """Refuse to mix runs: OUT must hold a demo with the same sizes (or nothing). The time
+    estimates (`seconds_per_*`) only drive the progress display, so they may differ."""
     path = out / SETTINGS_FILE
     wanted = json.loads(json.dumps(sizes.to_dict()))
     if path.is_file():
         before = json.loads(path.read_text())
-        if before != wanted:
-            changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        if _results_settings(before) != _results_settings(wanted):
+            changed = sorted(k for k in set(before) | set(wanted)
+                             if before.get(k) != wanted.get(k) and not k.startswith(ESTIMATES))
             raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
                                   "choose another --out or delete it")
     else:
         write_json(path, wanted)
+
+
+ESTIMATES = "seconds_per_"
+
+
+def _results_settings(sizes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sizes.items() if not k.startswith(ESTIMATES)}
 
 
 def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream: TextIO | None = None,
@@ -82,6 +91,9 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
                  f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
                  "every row uses the same settings")
+    for task, ft in plan.sizes.finetune.items():
+        if ft.reinit:
+            notes.append(f"{task} fine-tunes start {' and '.join(ft.reinit)} afresh")
     # Pretraining's last validation numbers (alignment accuracy says whether zero-shot can work).
     pretraining = {name[len("pretrain-"):]: (r or {}).get("val") for name, r in results.items()
                    if name.startswith("pretrain-")}
