@@ -100,10 +100,10 @@ class DemoSizes:
     seed: int = 0
     # Seconds per unit, for the time-left display (measured on 2 CPU cores, rounded up; a demo
     # folder may be resumed with other values).
-    seconds_per_image_world: float = 0.02
-    seconds_per_image_features: float = 0.1
+    seconds_per_image_world: float = 0.015
+    seconds_per_image_features: float = 0.08
     seconds_per_pretrain_row: float = 0.018
-    seconds_per_finetune_row: float = 0.016
+    seconds_per_finetune_row: float = 0.019  # with its evaluation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
