@@ -22,7 +22,8 @@ def _dump(path, obj) -> str:
 
 @pytest.mark.parametrize("raw, expected", [
     ("Yes", "yes"), ("Two.", "2"), ("the Red ", "red"), ("A dog!", "dog"), ("1,000", "1000"),
-    ("3.5", "3.5"), ("dont", "don't"), ("none", "0"), ("blue/white", "bluewhite"),
+    ("3.5", "3.5"), ("dont", "don't"), ("none", "0"), ("blue/white", "blue white"), ("t-shirt", "t shirt"),
+    ("yes, it is", "yes it is"), ("5.", "5"), ("hes", "he's"), ("well", "well"), ("(a) dog", "dog"),
 ])
 def test_answer_normalisation(raw, expected):
     assert normalize_answer(raw) == expected

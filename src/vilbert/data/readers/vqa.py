@@ -2,9 +2,10 @@
 
 Soft scores follow the training target of the original ViLBERT (and of most VQA v2 code): an answer
 given by c of the 10 annotators scores min(0.3 * c, 1), i.e. 0, 0.3, 0.6, 0.9, 1.0 for c = 0..4+.
-(The official evaluation averages min(c'/3, 1) over the ten 9-annotator subsets; the 0.3 steps are
-the usual rounded stand-in for that average.) Answers are normalised first, like the official
-evaluation: lower case, punctuation dropped, articles dropped, number words turned into digits.
+(The official evaluation averages min(c'/3, 1) over the ten 9-annotator subsets; with ten answers
+that average is exactly 0, 0.3, 0.6, 0.9, 1.) Answers are normalised first with the official
+evaluation's rules: lower case, punctuation dropped or made a space, articles dropped, number
+words turned into digits, contractions given their apostrophes.
 """
 
 from __future__ import annotations
@@ -20,20 +21,45 @@ from vilbert.data.readers.common import FormatError, load_json, require
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
             "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
-_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
-                 "wont": "won't", "im": "i'm", "ive": "i've", "youre": "you're", "thats": "that's"}
-_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
-_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")  # a period that is not a decimal point
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
+# Contractions written without their apostrophes -> the contraction. Spellings that are words of
+# their own ("well", "were", "its", "ill", "shed", "shell", "hell", "wed", "lets", "id") are left
+# alone.
+_CONTRACTION_FORMS = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll "
+    "ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't "
+    "she'd've she's should've shouldn't shouldn't've somebody'd somebody'll somebody's "
+    "someone'd someone'll someone's something'd something'll something's that's there'd there'd've "
+    "there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've we've weren't "
+    "what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's "
+    "who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd "
+    "you'd've you'll you're you've"
+).split()
+_CONTRACTIONS = {form.replace("'", ""): form for form in _CONTRACTION_FORMS}
+# The official evaluation's punctuation: each mark is deleted where it touches a space (or the
+# answer holds a digit-comma-digit number) and otherwise becomes a space, so "black/white" ->
+# "black white" and "t-shirt" -> "t shirt", but "yes, it is" -> "yes it is".
+_PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!"
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+_PERIOD = re.compile(r"\.(?!\d)")  # a period not followed by a digit ("5." -> "5", "3.5" kept)
+
+
+def _strip_punctuation(text: str) -> str:
+    out = text
+    has_number_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
+    for mark in _PUNCTUATION:
+        touches_space = f"{mark} " in text or f" {mark}" in text
+        out = out.replace(mark, "" if touches_space or has_number_comma else " ")
+    return _PERIOD.sub("", out)
 
 
 def normalize_answer(answer: str) -> str:
-    """'Two.' -> '2', 'the Red ' -> 'red', 'dont' -> "don't", '1,000' -> '1000'."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    text = _THOUSANDS.sub("", text)
-    text = _PERIOD.sub("", _PUNCT.sub("", text.replace("'s", " 's")))
-    words = [_CONTRACTIONS.get(_NUMBERS.get(w, w), _NUMBERS.get(w, w)) for w in text.split()]
-    return " ".join(w for w in words if w not in _ARTICLES).replace(" 's", "'s")
+    """As the official VQA evaluation: 'Two.' -> '2', 'the Red ' -> 'red', 'dont' -> "don't",
+    '1,000' -> '1000', 'black/white' -> 'black white'. (The official script normalises only
+    when the ten answers disagree; we always do, so that equal answers count together.)"""
+    text = _strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip())
+    words = (_NUMBERS.get(w, w) for w in text.lower().split())
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def soft_score(count: int) -> float:
