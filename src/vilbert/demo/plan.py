@@ -78,14 +78,14 @@ class DemoSizes:
     # VCR and retrieval items are 4 (text, image) rows each, so their batches hold 4x the rows.
     # VQA starts its two poolers afresh (every row alike; a no-op in kind for the unpretrained
     # row). Pretraining trains them only through the alignment head, so on VQA's question-image
-    # pairs, all of them matched, the pooled product presumably says little beyond "matched"; a 0.6-epoch
-    # fine-tune does not retrain them: with the pretrained poolers ViLBERT scored 39.1 against an
-    # answer prior of 39.0 and 40.1 unpretrained; afresh 44.5 (43.9 and 45.4 at two more seeds, the
-    # unpretrained row 40.5 and 42.2). Re-initialising the pooler for short fine-tunes follows
-    # Zhang et al., "Revisiting Few-sample BERT Fine-tuning" (ICLR 2021). It is VQA's alone: VCR,
-    # which scores how well each answer matches the image, as alignment does, fell from 50.0 /
-    # 50.0 / 22.6 to 39.6 / 41.5 / 14.6 with fresh poolers (one probe of retrieval rose instead,
-    # R@1 9.5 -> 14.5, and was left as it is: see the README).
+    # pairs, all of them matched, the pooled product presumably says little beyond "matched"; a
+    # 0.6-epoch fine-tune does not retrain them: with the pretrained poolers ViLBERT scored 39.1
+    # against an answer prior of 39.0 and 40.1 unpretrained; afresh 45.3 (fine-tuning seeds 0-3:
+    # 45.3, 45.7, 42.7, 42.5; unpretrained 40.0, 40.9, 43.8, 37.4). Re-initialising the pooler
+    # for short fine-tunes follows Zhang et al., "Revisiting Few-sample BERT Fine-tuning" (ICLR
+    # 2021). It is VQA's alone: VCR, which scores how well each answer matches the image, as
+    # alignment does, fell from 50.0 / 50.0 / 22.6 to 39.6 / 41.5 / 14.6 with fresh poolers (one
+    # probe of retrieval rose instead, R@1 9.5 -> 14.5, and was left as it is: see the README).
     finetune: dict[str, FinetuneSizes] = field(default_factory=lambda: {
         "vqa": FinetuneSizes(80, 32, 5e-4, reinit=POOLERS),
         "vcr": FinetuneSizes(50, 8, 5e-4),
