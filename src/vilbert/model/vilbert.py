@@ -136,8 +136,9 @@ class ViLBert(nn.Module):
 
     def reinitialize(self, module_names: Sequence[str]) -> list[str]:
         """Give the named submodules (e.g. "text_pooler", "encoder.text_layers.5") fresh weights
-        from the model's own initialisation, drawn from torch's global generator; returns the names
-        of the parameters reset. A name that is no submodule raises, listing the top-level ones."""
+        from the model's own initialisation (its Linear, Embedding and LayerNorm layers), drawn
+        from torch's global generator; returns the names of the parameters reset. A name that is no
+        submodule raises, listing the top-level ones."""
         modules = dict(self.named_modules())
         reset: list[str] = []
         for name in module_names:
@@ -145,7 +146,9 @@ class ViLBert(nn.Module):
                 raise KeyError(f"cannot re-initialise {name!r}: the model has no such module "
                                f"(top-level modules: {', '.join(n for n, _ in self.named_children())})")
             modules[name].apply(self._init_weights)
-            reset += [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
+            for sub_name, sub in modules[name].named_modules(prefix=name):
+                if isinstance(sub, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                    reset += [f"{sub_name}.{p}" for p, _ in sub.named_parameters(recurse=False)]
         return reset
 
     def add_head(self, name: str, **kwargs: Any) -> nn.Module:
