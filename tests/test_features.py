@@ -298,3 +298,31 @@ def test_exif_orientation_is_applied_before_boxes(world, tmp_path, backbone):
         assert (report.written, report.failed) == (1, 0)
         stores[name] = FeatureStore(tmp_path / f"{name}.store")["0"]
     np.testing.assert_allclose(stores["side"].features, stores["up"].features, atol=1e-5)
+
+
+def test_vcr_boxes_are_the_objects_in_order(task_world, tmp_path, capsys):
+    vcr = [task_world / "vcr" / "train.jsonl", task_world / "vcr" / "val.jsonl"]
+    out = tmp_path / "vcr.lmdb"
+    rc = features_main(["--images", str(task_world / "images"), "--vcr-boxes", *map(str, vcr), "--out", str(out),
+                        "--image-size", "96", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    store = FeatureStore(out)
+    items = [json.loads(line) for path in vcr for line in path.read_text().splitlines()]
+    assert items and sorted(store.ids()) == sorted({item["img_fn"].rsplit(".", 1)[0] for item in items})
+    for item in items:
+        meta = json.loads((task_world / "vcr" / item["metadata_fn"]).read_text())
+        regions = store[item["img_fn"].rsplit(".", 1)[0]]
+        np.testing.assert_allclose(regions.boxes, np.array([b[:4] for b in meta["boxes"]], dtype=np.float32))
+        assert regions.num_boxes >= len(item["objects"])
+    # a box without area is named with its file
+    item = items[0]
+    bad_meta = task_world / "vcr" / item["metadata_fn"]
+    broken = tmp_path / "vcr"
+    (broken / "metadata").mkdir(parents=True)
+    meta = json.loads(bad_meta.read_text())
+    meta["boxes"][0][2] = meta["boxes"][0][0]
+    (broken / item["metadata_fn"]).write_text(json.dumps(meta))
+    (broken / "train.jsonl").write_text(json.dumps(item) + "\n")
+    args = ["--vcr-boxes", str(broken / "train.jsonl"), "--out", str(tmp_path / "bad.lmdb"), "--no-progress"]
+    assert features_main(["--images", str(task_world / "images"), *args]) == 2
+    assert f"{broken / item['metadata_fn']}: a box has no area" in capsys.readouterr().err

@@ -2,9 +2,11 @@
 original ViLBERT feature LMDB.
 
     vilbert features --images DIR [--boxes COCO.json | --detector mod:fn | --detector det.onnx] --out STORE
+    vilbert features --images vcr1images --vcr-boxes train.jsonl val.jsonl test.jsonl --out STORE
     vilbert features --import-legacy ORIGINAL_LMDB --out STORE
 
-Boxes from --boxes are used as given; grid and detector boxes are limited to
+Boxes from --boxes are used as given, and so are VCR's (each image's metadata boxes, in object
+order); grid and detector boxes are limited to
 --min-boxes..--max-boxes (detector boxes after NMS). Rerunning the same command adds only the
 images the store lacks; unreadable images are listed in STORE/failures.jsonl.
 """
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="feature store to create or extend (an LMDB directory)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--boxes", help="COCO-style boxes file (images + annotations bbox [x,y,w,h]); used as given")
+    boxes.add_argument("--vcr-boxes", nargs="+", metavar="VCR_JSONL",
+                       help="VCR jsonl files: each image's metadata boxes in object order (--images = vcr1images/)")
     boxes.add_argument("--detector", help="'package.module:function' or a .onnx file returning boxes and scores")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per backbone batch")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
@@ -45,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from vilbert.features.boxes import images_in_folder, load_detector, read_coco_boxes
+    from vilbert.features.boxes import images_in_folder, load_detector, read_coco_boxes, read_vcr_boxes
     from vilbert.features.extract import extract_features
 
     config = ExtractConfig(
@@ -56,6 +60,8 @@ def _run_extract(args: argparse.Namespace) -> int:
     detector = None
     if args.boxes:
         entries, source = read_coco_boxes(args.boxes, args.images), f"annotations:{args.boxes}"
+    elif args.vcr_boxes:
+        entries, source = read_vcr_boxes(args.vcr_boxes, args.images), f"vcr:{','.join(args.vcr_boxes)}"
     else:
         entries = images_in_folder(args.images)
         source = "grid"

@@ -4,6 +4,8 @@
   "annotations": [{image_id, bbox: [x, y, w, h], score?}]}`. These boxes are used as given (only
   clipped to the image), in descending score order; no NMS and no count limits apply, because
   whoever chose them (e.g. the generated world's proposals) already chose 10-36 on purpose.
+- VCR's own boxes (`--vcr-boxes train.jsonl ...`): each image's `metadata_fn` boxes in object
+  order, as given (the objects that VCR's texts refer to by index).
 - A multi-scale grid (the default without boxes): the whole image plus 2x2, 3x3 and 4x4 tilings
   (30 boxes), capped at `max_boxes`.
 - A detector (`--detector module:function` or a `.onnx` file): it returns boxes and scores; we
@@ -82,6 +84,39 @@ def read_coco_boxes(path: str | Path, images_dir: str | Path) -> list[ImageEntry
     if per_image:
         raise ValueError(f"{path}: annotations name images not listed in 'images': {sorted(per_image)[:5]}")
     return entries
+
+
+def read_vcr_boxes(vcr_files: list[str | Path], images_dir: str | Path) -> list[ImageEntry]:
+    """VCR's own boxes: for each image its items name (`img_fn` under `images_dir`), the boxes of
+    its `metadata_fn` JSON in object order, so that region k + 1 of the store (after [IMG]) is
+    `objects[k]` of the items, the boxes the original code extracted its VCR features from."""
+    from vilbert.data.readers.common import FormatError, load_json
+    from vilbert.data.readers.vcr import read_vcr
+
+    entries: dict[str, ImageEntry] = {}
+    for vcr_file in vcr_files:
+        for example in read_vcr(vcr_file):
+            if example.image_id in entries:
+                continue
+            if example.metadata_fn is None:
+                raise FormatError(f"{vcr_file}: {example.annot_id} has no metadata_fn, so image "
+                                  f"{example.image_id} has no boxes")
+            meta_path = Path(vcr_file).parent / example.metadata_fn
+            meta = load_json(meta_path)
+            rows = meta.get("boxes") if isinstance(meta, dict) else None
+            if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) in (4, 5) for r in rows):
+                raise FormatError(f"{meta_path}: 'boxes' must be a list of [x1, y1, x2, y2(, score)]")
+            if len(rows) < len(example.objects):
+                raise FormatError(f"{meta_path}: {len(rows)} boxes for the {len(example.objects)} objects "
+                                  f"of {example.annot_id}")
+            boxes = np.array([r[:4] for r in rows], dtype=np.float32).reshape(-1, 4)
+            if len(boxes) and not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all():
+                raise FormatError(f"{meta_path}: a box has no area (boxes are x1, y1, x2, y2)")
+            scores = np.array([r[4] if len(r) == 5 else 1.0 for r in rows], dtype=np.float32)
+            entries[example.image_id] = ImageEntry(
+                example.image_id, Path(images_dir) / example.img_fn, meta.get("width"), meta.get("height"),
+                boxes, scores)
+    return list(entries.values())
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
