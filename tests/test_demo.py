@@ -196,6 +196,10 @@ def test_vilbert_demo_quick_end_to_end(tmp_path):
     assert (out / "results.png").stat().st_size > 0 and (out / "results.md").is_file()
     assert (out / "runs" / "pretrain" / "vilbert" / "model" / "model.safetensors").is_file()
     assert (out / "runs" / "vilbert" / "vqa" / "metrics.json").is_file()
+    from vilbert.model import load_pretrained
+
+    vqa_model = load_pretrained(out / "runs" / "vilbert" / "vqa" / "model")  # the fine-tuned model, answers and all
+    assert vqa_model.heads["vqa"].answers and not (out / "runs" / "vilbert" / "vqa" / "checkpoints").exists()
     assert (out / "logs" / "pretrain-vilbert.log").is_file()
     # A rerun reuses every stage and writes the same table.
     before = (out / "results.json").read_text()

@@ -8,8 +8,8 @@
 
 Every row uses the same sizes, steps, batch sizes and learning rates; only the model differs.
 Layout under OUT: world/, features.lmdb, configs/<model>.json, runs/pretrain/<model>/ (the
-`vilbert pretrain` run, final weights in model/), runs/<row>/<task>/ (trainer output and
-metrics.json), stages/ (markers), logs/ (one log per stage).
+`vilbert pretrain` run, final weights in model/), runs/<row>/<task>/ (the fine-tuned model/,
+metrics.json, the trainer's logs and curves), stages/ (markers), logs/ (one log per stage).
 
 The ablations (`--ablations`) reuse the world and features: the depth of co-attention (2, 4, 6
 layers; pretrained and fine-tuned like the main ViLBERT row) and the share of pretraining data
@@ -19,6 +19,7 @@ layers; pretrained and fine-tuned like the main ViLBERT row) and the share of pr
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,7 @@ class _Context:
         def run() -> dict[str, Any]:
             import torch
 
+            from vilbert.model import save_pretrained
             from vilbert.train import TrainConfig, train
 
             torch.manual_seed(s.seed)
@@ -411,8 +413,12 @@ class _Context:
             out = self.run_dir(row, task_name)
             train(model, task, config, out, resume=True, eval_splits=())
             metrics = task.evaluate(model, s.eval_split)
+            save_pretrained(model, out / "model")
             write_json(out / "metrics.json", {"split": s.eval_split, "metrics": metrics})
-            return {"split": s.eval_split, "metrics": metrics}
+            # The trainer's checkpoints hold the optimizer state (twice the model) to resume an
+            # unfinished run; a finished one keeps its model in model/, as `vilbert finetune` does.
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            return {"split": s.eval_split, "metrics": metrics, "model": str(out / "model")}
 
         est = ft.steps * ft.batch_size * s.seconds_per_finetune_row * (4 if task_name in ("vcr", "retrieval") else 1)
         return Stage(f"{row.key}-{task_name}", run, est + 10,
