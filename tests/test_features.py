@@ -314,6 +314,20 @@ def test_vcr_boxes_are_the_objects_in_order(task_world, tmp_path, capsys):
         regions = store[item["img_fn"].rsplit(".", 1)[0]]
         np.testing.assert_allclose(regions.boxes, np.array([b[:4] for b in meta["boxes"]], dtype=np.float32))
         assert regions.num_boxes >= len(item["objects"])
+    # the release's layout: metadata beside the images (vcr1images/<movie>/<name>.json)
+    release = tmp_path / "vcr1images" / "movie"
+    release.mkdir(parents=True)
+    item = dict(items[0], img_fn=f"movie/{items[0]['img_fn']}", metadata_fn=f"movie/{items[0]['img_fn']}.json")
+    (release / items[0]["img_fn"]).write_bytes((task_world / "images" / items[0]["img_fn"]).read_bytes())
+    (release / f"{items[0]['img_fn']}.json").write_text((task_world / "vcr" / items[0]["metadata_fn"]).read_text())
+    annots = tmp_path / "vcr1annots"
+    annots.mkdir()
+    (annots / "val.jsonl").write_text(json.dumps(item) + "\n")
+    rc = features_main(["--images", str(tmp_path / "vcr1images"), "--vcr-boxes", str(annots / "val.jsonl"),
+                        "--out", str(tmp_path / "release.lmdb"), "--image-size", "96", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    image_id = items[0]["img_fn"].rsplit(".", 1)[0]
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "release.lmdb")[image_id].boxes, store[image_id].boxes)
     # a box without area is named with its file
     item = items[0]
     bad_meta = task_world / "vcr" / item["metadata_fn"]

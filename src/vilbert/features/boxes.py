@@ -101,7 +101,13 @@ def read_vcr_boxes(vcr_files: list[str | Path], images_dir: str | Path) -> list[
             if example.metadata_fn is None:
                 raise FormatError(f"{vcr_file}: {example.annot_id} has no metadata_fn, so image "
                                   f"{example.image_id} has no boxes")
-            meta_path = Path(vcr_file).parent / example.metadata_fn
+            # The release keeps each metadata JSON beside its image (vcr1images/<movie>/...); the
+            # generated world keeps them beside the jsonl files.
+            candidates = [Path(images_dir) / example.metadata_fn, Path(vcr_file).parent / example.metadata_fn]
+            meta_path = next((c for c in candidates if c.is_file()), None)
+            if meta_path is None:
+                raise FileNotFoundError(f"{vcr_file}: metadata {example.metadata_fn!r} of {example.annot_id} is "
+                                        f"neither {candidates[0]} nor {candidates[1]}")
             meta = load_json(meta_path)
             rows = meta.get("boxes") if isinstance(meta, dict) else None
             if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) in (4, 5) for r in rows):
