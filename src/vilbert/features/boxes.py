@@ -90,34 +90,23 @@ def read_vcr_boxes(vcr_files: list[str | Path], images_dir: str | Path) -> list[
     """VCR's own boxes: for each image its items name (`img_fn` under `images_dir`), the boxes of
     its `metadata_fn` JSON in object order, so that region k + 1 of the store (after [IMG]) is
     `objects[k]` of the items, the boxes the original code extracted its VCR features from."""
-    from vilbert.data.readers.common import FormatError, load_json
-    from vilbert.data.readers.vcr import read_vcr
+    from vilbert.data.readers.common import FormatError
+    from vilbert.data.readers.vcr import load_metadata, metadata_path, read_vcr
 
     entries: dict[str, ImageEntry] = {}
     for vcr_file in vcr_files:
         for example in read_vcr(vcr_file):
             if example.image_id in entries:
                 continue
-            if example.metadata_fn is None:
-                raise FormatError(f"{vcr_file}: {example.annot_id} has no metadata_fn, so image "
-                                  f"{example.image_id} has no boxes")
-            # The release keeps each metadata JSON beside its image (vcr1images/<movie>/...); the
-            # generated world keeps them beside the jsonl files.
-            candidates = [Path(images_dir) / example.metadata_fn, Path(vcr_file).parent / example.metadata_fn]
-            meta_path = next((c for c in candidates if c.is_file()), None)
-            if meta_path is None:
-                raise FileNotFoundError(f"{vcr_file}: metadata {example.metadata_fn!r} of {example.annot_id} is "
-                                        f"neither {candidates[0]} nor {candidates[1]}")
-            meta = load_json(meta_path)
-            rows = meta.get("boxes") if isinstance(meta, dict) else None
+            meta = load_metadata(vcr_file, example, images_dir)
+            rows = meta["boxes"]
             if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) in (4, 5) for r in rows):
-                raise FormatError(f"{meta_path}: 'boxes' must be a list of [x1, y1, x2, y2(, score)]")
-            if len(rows) < len(example.objects):
-                raise FormatError(f"{meta_path}: {len(rows)} boxes for the {len(example.objects)} objects "
-                                  f"of {example.annot_id}")
+                raise FormatError(f"{metadata_path(vcr_file, example, images_dir)}: 'boxes' must be a list of "
+                                  "[x1, y1, x2, y2(, score)]")
             boxes = np.array([r[:4] for r in rows], dtype=np.float32).reshape(-1, 4)
             if len(boxes) and not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all():
-                raise FormatError(f"{meta_path}: a box has no area (boxes are x1, y1, x2, y2)")
+                raise FormatError(f"{metadata_path(vcr_file, example, images_dir)}: a box has no area "
+                                  "(boxes are x1, y1, x2, y2)")
             scores = np.array([r[4] if len(r) == 5 else 1.0 for r in rows], dtype=np.float32)
             entries[example.image_id] = ImageEntry(
                 example.image_id, Path(images_dir) / example.img_fn, meta.get("width"), meta.get("height"),

@@ -90,11 +90,25 @@ def tokens_to_words(tokens: tuple[Token, ...], objects: tuple[str, ...]) -> tupl
     return words, refs
 
 
-def load_metadata(vcr_path: str | os.PathLike[str], example: VCRExample) -> dict:
-    """The example's metadata JSON (boxes per object), resolved beside the jsonl file."""
+def metadata_path(vcr_path: str | os.PathLike[str], example: VCRExample,
+                  images_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the example's metadata JSON is: the release keeps it beside its image (under
+    vcr1images/, give `images_dir`), the generated world beside the jsonl file."""
     if example.metadata_fn is None:
         raise FormatError(f"{vcr_path}: {example.annot_id} has no metadata_fn")
-    meta_path = Path(vcr_path).parent / example.metadata_fn
+    candidates = [Path(images_dir) / example.metadata_fn] if images_dir is not None else []
+    candidates.append(Path(vcr_path).parent / example.metadata_fn)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{vcr_path}: metadata {example.metadata_fn!r} of {example.annot_id} is not at "
+                            + " or ".join(str(c) for c in candidates))
+
+
+def load_metadata(vcr_path: str | os.PathLike[str], example: VCRExample,
+                  images_dir: str | os.PathLike[str] | None = None) -> dict:
+    """The example's metadata JSON (boxes per object; see `metadata_path`)."""
+    meta_path = metadata_path(vcr_path, example, images_dir)
     meta = load_json(meta_path)
     require(meta, ("boxes",), meta_path, "the top level")
     if len(meta["boxes"]) < len(example.objects):
