@@ -6,9 +6,9 @@ original ViLBERT feature LMDB.
     vilbert features --import-legacy ORIGINAL_LMDB --out STORE
 
 Boxes from --boxes are used as given, and so are VCR's (each image's metadata boxes, in object
-order); grid and detector boxes are limited to
---min-boxes..--max-boxes (detector boxes after NMS). Rerunning the same command adds only the
-images the store lacks; unreadable images are listed in STORE/failures.jsonl.
+order); grid and detector boxes are limited to --min-boxes..--max-boxes (detector boxes after
+NMS). Rerunning the same command adds only the images the store lacks; unreadable images are
+listed in STORE/failures.jsonl.
 """
 
 from __future__ import annotations
