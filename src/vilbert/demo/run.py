@@ -21,10 +21,9 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
     path = out / SETTINGS_FILE
     wanted = json.loads(json.dumps(sizes.to_dict()))
     if path.is_file():
-        before = json.loads(path.read_text())
-        if _results_settings(before) != _results_settings(wanted):
-            changed = sorted(k for k in set(before) | set(wanted)
-                             if before.get(k) != wanted.get(k) and not k.startswith(ESTIMATES))
+        before, now = _results_settings(json.loads(path.read_text())), _results_settings(wanted)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
                                   "choose another --out or delete it")
     else:
