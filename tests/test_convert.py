@@ -170,7 +170,7 @@ def test_convert_command_writes_a_loadable_directory(reference_dir, tmp_path, ca
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"not a checkpoint")
     rc = convert_main([str(bad), "--config", str(reference_dir / "config.json"), "--out", str(tmp_path / "x")])
-    assert rc == 1 and "bad.bin" in capsys.readouterr().err
+    assert rc == 2 and "bad.bin" in capsys.readouterr().err
 
 
 def original_order(v_ids, t_ids, n_v, n_t):

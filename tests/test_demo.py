@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from vilbert.demo.plan import TASKS, _Context, build_plan, default_sizes, quick_sizes
+from vilbert.demo.plan import build_plan
 from vilbert.demo.results import COLUMNS, check_claims, make_table, write_results
 from vilbert.demo.run import check_settings
+from vilbert.demo.sizes import TASKS, default_sizes, quick_sizes
 from vilbert.demo.stages import Stage, StageError, StageRunner
 
 
@@ -164,7 +165,6 @@ def test_settings_of_an_existing_demo_are_not_mixed(tmp_path):
 
 def test_report_only_writes_a_partial_table_without_running(tmp_path):
     from vilbert.cli.demo import main
-    from vilbert.demo.plan import build_plan
     from vilbert.io.atomic import write_json
 
     out = tmp_path / "demo"
@@ -210,18 +210,19 @@ def test_vilbert_demo_quick_end_to_end(tmp_path):
 def test_default_demo_model_starts_its_text_stream_from_minilm():
     """The demo's sizes rest on this (README): the preset's text stream has MiniLM's shapes, so
     every row starts from it, as the paper's starts from BERT."""
-    from vilbert.cli.pretrain import shipped_minilm_dir
+    from vilbert.core.assets import minilm_dir
     from vilbert.model import build_model, init_text_stream_from_bert, load_preset, text_stream_prefixes
+    from vilbert.pipelines.models import text_stream_lr_scales
 
     sizes = default_sizes()
     assert sizes.text_init and sizes.preset == "demo"
     for architecture in ("two_stream", "single_stream"):
         model = build_model(load_preset(sizes.preset, architecture=architecture))
-        report = init_text_stream_from_bert(model, shipped_minilm_dir())
+        report = init_text_stream_from_bert(model, minilm_dir())
         assert len(report.loaded) == 77  # 6 layers x 12 tensors + 5 embeddings: all of MiniLM
         # what `vilbert finetune --text-lr-scale` slows down is exactly what came from MiniLM
         prefixes = tuple(text_stream_prefixes(model))
         assert {n for n, _ in model.named_parameters() if n.startswith(prefixes)} == set(report.loaded)
         # and the demo's fine-tunes slow down exactly those
-        scales = _Context(Path("unused"), sizes).bert_lr_scales(model)
-        assert scales == {prefix: sizes.finetune_bert_lr_scale for prefix in prefixes}
+        scales = text_stream_lr_scales(model, sizes.finetune_text_lr_scale)
+        assert scales == {prefix: sizes.finetune_text_lr_scale for prefix in prefixes}

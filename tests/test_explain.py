@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vilbert.features.store import ImageRegions
+from vilbert.core.regions import ImageRegions
 from vilbert.model import build_model, load_preset, save_pretrained
 from vilbert.viz.attention import co_attention_maps, draw_co_attention, top_regions
 

@@ -9,8 +9,10 @@ import torch
 
 from vilbert.cli import evaluate as evaluate_cli
 from vilbert.cli import finetune as finetune_cli
-from vilbert.model import build_model, load_pretrained, load_preset, save_pretrained
-from vilbert.tasks.builder import build_task, parse_options, recipe
+from vilbert.model import build_model, load_preset, load_pretrained, save_pretrained
+from vilbert.pipelines.models import text_stream_lr_scales
+from vilbert.tasks.builder import build_task, parse_options
+from vilbert.tasks.registry import recipe
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,9 @@ def test_bad_arguments_are_named(root, tmp_path, capsys):
     assert "valid tasks" in capsys.readouterr().err
     assert finetune_cli.main(["--task", "vqa", "--preset", "tiny", "--reinit", "text_poolr", *base]) == 2
     assert "'text_poolr'" in capsys.readouterr().err
-    assert finetune_cli.main(["--task", "vqa", "--preset", "base", *base]) == 2  # 2048-d model, 1280-d store
+    wide = tmp_path / "wide"  # a saved model's width is fixed: a 2048-d model on the 1280-d store
+    save_pretrained(build_model(load_preset("tiny", v_feature_size=2048)), wide)
+    assert finetune_cli.main(["--task", "vqa", "--init", str(wide), *base]) == 2
     assert "1280-d features" in capsys.readouterr().err
     no_head = tmp_path / "nohead"
     save_pretrained(build_model(load_preset("tiny")), no_head)
@@ -111,12 +115,12 @@ def test_builder_folders_recipes_and_options(root):
 def test_text_lr_scale_names_the_text_stream(root):
     args = finetune_cli.build_parser().parse_args(["--task", "vqa", "--data", str(root), "--out", "x",
                                                    "--preset", "tiny", "--text-lr-scale", "0.1"])
-    two = finetune_cli.train_config(args, build_model(load_preset("tiny")))
-    assert two.lr_scales == {"text_embeddings.": 0.1, "encoder.text_layers.": 0.1}
-    one = finetune_cli.train_config(args, build_model(load_preset("tiny", architecture="single_stream")))
-    assert one.lr_scales == {"text_embeddings.": 0.1, "encoder.layers.": 0.1}
-    args.text_lr_scale = 1.0
-    assert finetune_cli.train_config(args, build_model(load_preset("tiny"))).lr_scales == {}
+    assert finetune_cli.finetune_run(args).text_lr_scale == 0.1
+    two = text_stream_lr_scales(build_model(load_preset("tiny")), args.text_lr_scale)
+    assert two == {"text_embeddings.": 0.1, "encoder.text_layers.": 0.1}
+    one = text_stream_lr_scales(build_model(load_preset("tiny", architecture="single_stream")), args.text_lr_scale)
+    assert one == {"text_embeddings.": 0.1, "encoder.layers.": 0.1}
+    assert text_stream_lr_scales(build_model(load_preset("tiny")), 1.0) == {}
 
 
 def test_evaluate_zero_shot_retrieval_from_a_data_root(root, tmp_path, capsys):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vilbert.data.masking import mask_regions, mask_words, region_kl_loss, sample_misaligned
+from vilbert.data.masking import mask_regions, mask_words, region_kl_loss
 
 SPECIAL = (0, 100, 101, 102, 103)
 VOCAB = 30522
@@ -93,14 +93,3 @@ def test_region_kl_loss_values_and_zero_guard():
     with pytest.raises(ValueError, match="differ"):
         region_kl_loss(logits, target[:, :3], masked)
 
-
-def test_sample_misaligned():
-    rows = [str(i % 10) for i in range(2000)]
-    pool = [str(i % 10) for i in range(100)]
-    picks = sample_misaligned(rows, pool, torch.Generator().manual_seed(0))
-    flipped = picks >= 0
-    assert abs(flipped.float().mean().item() - 0.5) < 0.04
-    assert all(pool[j] != rows[i] for i, j in enumerate(picks.tolist()) if j >= 0)
-    assert torch.equal(picks, sample_misaligned(rows, pool, torch.Generator().manual_seed(0)))
-    with pytest.raises(ValueError, match="at least 2 images"):
-        sample_misaligned(["a"], ["a", "a"], torch.Generator())

@@ -14,15 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from vilbert.cli.pretrain import main as pretrain_main
-from vilbert.cli.pretrain import shipped_minilm_dir
+from vilbert.core.assets import minilm_dir
+from vilbert.core.regions import ImageRegions
+from vilbert.core.subsets import data_subset
 from vilbert.data.masking import IGNORE_INDEX
 from vilbert.features.boxes import read_coco_boxes
 from vilbert.features.extract import ExtractConfig, extract_features
-from vilbert.features.store import FeatureStore, FeatureStoreWriter, ImageRegions
-from vilbert.model import build_model, load_pretrained, load_preset
+from vilbert.features.store import FeatureStore, FeatureStoreWriter
+from vilbert.model import build_model, load_preset, load_pretrained
 from vilbert.tasks.common import TaskData
 from vilbert.tasks.pretrain import ALIGNED, MISALIGNED, PretrainTask
-from vilbert.train.distributed import data_subset
 from vilbert.world import generate_world
 
 TINY = ["--preset", "tiny", "--no-progress", "--batch-size", "8", "--seed", "3"]
@@ -212,7 +213,7 @@ def test_cli_resume_ends_with_the_weights_of_an_uninterrupted_run(world, whole_r
     # the trainer rewrites the CSV on resume (steps come back as floats)
     assert [int(float(r["step"])) for r in _rows(cut / "train_log.csv")] == [1, 2, 3, 4]
     # resuming with another model is refused, naming what changed
-    assert pretrain_main(_args(world, cut, *RESUME_STEPS, "--resume") + ["--preset", "small"]) == 1
+    assert pretrain_main(_args(world, cut, *RESUME_STEPS, "--resume") + ["--preset", "small"]) == 2
     assert "model config differs" in capsys.readouterr().err
 
 
@@ -236,7 +237,7 @@ def test_data_fraction_is_a_nested_deterministic_half(world, tmp_path):
 
 def test_pretraining_lowers_the_loss(world, tmp_path):
     out = tmp_path / "learn"
-    assert pretrain_main(_args(world, out, "--max-steps", "16", "--lr", "1e-2", "--warmup", "0.05")) == 0
+    assert pretrain_main(_args(world, out, "--max-steps", "16", "--lr", "1e-2", "--warmup-fraction", "0.05")) == 0
     task = _task(world)
     torch.manual_seed(3)  # the CLI's --seed: the run's initial weights
     before = task.evaluate(build_model(load_preset("tiny")), "train")
@@ -252,7 +253,7 @@ def test_small_preset_text_stream_starts_from_minilm(world, tmp_path):
     argv = ["--data", str(world / "world"), "--features", str(world / "store"), "--out", str(out),
             "--preset", "small", "--max-steps", "10", "--stop-after", "1", "--batch-size", "2", "--no-progress"]
     assert pretrain_main(argv) == 0
-    minilm = load_file(str(shipped_minilm_dir() / "model.safetensors"))
+    minilm = load_file(str(minilm_dir() / "model.safetensors"))
     assert float(_rows(out / "train_log.csv")[0]["lr"]) == 0.0
     ours = load_file(str(out / "checkpoints" / "step_1" / "model.safetensors"))
     bert_key = next(k for k in minilm if k.endswith("embeddings.word_embeddings.weight"))
@@ -270,18 +271,18 @@ def test_clear_errors(world, tmp_path, capsys):
         writer.put_many(ImageRegions(str(i), 64, 64, np.array([[0, 0, 10, 10]] * 3, np.float32),
                                      rng.standard_normal((3, 1280)).astype(np.float32)) for i in range(1, 25))
     argv = ["--data", str(world / "world"), "--features", str(bare), "--out", str(tmp_path / "r"), *TINY]
-    assert pretrain_main(argv) == 1
+    assert pretrain_main(argv) == 2
     assert "no cls_prob" in capsys.readouterr().err
     # captions naming images the store lacks
     captions = tmp_path / "captions"
     captions.mkdir()
     (captions / "train.tsv").write_text("a red circle\t1\na blue square\t999\n")
     argv = ["--data", str(captions), "--features", str(world / "store"), "--out", str(tmp_path / "r2"), *TINY]
-    assert pretrain_main(argv) == 1
+    assert pretrain_main(argv) == 2
     err = capsys.readouterr().err
     assert "train.tsv" in err and "999" in err
     # an unknown preset lists the valid ones
-    assert pretrain_main(_args(world, tmp_path / "r3") + ["--preset", "huge"]) == 1
+    assert pretrain_main(_args(world, tmp_path / "r3") + ["--preset", "huge"]) == 2
     assert "valid presets" in capsys.readouterr().err
 
 

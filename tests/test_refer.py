@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vilbert.core.regions import ImageRegions
 from vilbert.data.readers.refer import read_refer
 from vilbert.features.boxes import read_coco_boxes
 from vilbert.features.extract import ExtractConfig, extract_features
-from vilbert.features.store import FeatureStoreWriter, ImageRegions
+from vilbert.features.store import FeatureStoreWriter
 from vilbert.model import build_model, load_preset
-from vilbert.tasks.base import get_task
+from vilbert.tasks import get_task
 from vilbert.tasks.common import TaskData
 from vilbert.tasks.refer import hits, pick_regions, refer_loss, region_ious, soft_targets
 from vilbert.train import TrainConfig, train

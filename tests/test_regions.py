@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vilbert.data.regions import box_locations, collate_regions, regions_to_inputs
-from vilbert.features.store import ImageRegions
+from vilbert.core.regions import ImageRegions, box_locations, collate_regions
 
 
 def _img(image_id, n, d=3):
@@ -20,8 +19,8 @@ def test_locations_formula():
 
 
 def test_img_row_and_truncation():
-    inputs = regions_to_inputs(_img("a", 4), max_regions=2)
-    features, locations = inputs
+    features, locations, _ = collate_regions([_img("a", 4)], max_regions=2)
+    features, locations = features[0], locations[0]
     assert features.shape == (3, 3)
     torch.testing.assert_close(features[0], torch.tensor([1.5, 2.5, 3.5]))  # mean of the 2 kept rows
     assert locations[0].tolist() == [0, 0, 1, 1, 1]

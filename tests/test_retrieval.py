@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from vilbert.features.store import FeatureStore, FeatureStoreWriter, ImageRegions
+from vilbert.core.regions import ImageRegions
+from vilbert.features.store import FeatureStore, FeatureStoreWriter
 from vilbert.model import build_model, load_preset
 from vilbert.model.pair_cache import ImageInputs, TextInputs, logits_to_score, score_matrix
-from vilbert.tasks.base import get_task
+from vilbert.tasks import get_task
 from vilbert.tasks.common import TaskData
 from vilbert.tasks.retrieval import image_retrieval_recall, recalls, text_retrieval_recall
 from vilbert.train import TrainConfig, train

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vilbert.features.store import FeatureStore, FeatureStoreWriter, ImageRegions, MissingImageError
+from vilbert.core.regions import ImageRegions
+from vilbert.features.store import FeatureStore, FeatureStoreWriter, MissingImageError
 
 
 def _regions(image_id: str, n: int, d: int = 6, c: int | None = 4, seed: int = 0) -> ImageRegions:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from vilbert.data.tokenizer import bundled_vocab_path, load_tokenizer
+from vilbert.core.assets import bundled_vocab_path
+from vilbert.data.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vilbert.core.subsets import data_subset
 from vilbert.train.checkpoint import latest_checkpoint
 from vilbert.train.config import TrainConfig
-from vilbert.train.distributed import StepBatchSampler, data_subset
+from vilbert.train.distributed import StepBatchSampler
 from vilbert.train.loop import train
-from vilbert.train.optim import build_optimizer, build_scheduler, covering_prefixes, param_groups
+from vilbert.train.optim import build_optimizer, build_scheduler, param_groups
 from vilbert.train.toy import ToyModel, ToyTask
 
 
@@ -76,15 +77,6 @@ def test_lr_scales_split_groups_and_scale_with_the_schedule():
     assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == [pytest.approx(9e-5), pytest.approx(9e-4)]
     with pytest.raises(ValueError, match="'embed.' must be > 0"):
         param_groups(model, 0.01, 1e-3, {"embed.": 0.0})
-
-
-def test_covering_prefixes_names_whole_modules_once():
-    model = _model()
-    every = [n for n, _ in model.named_parameters()]
-    assert covering_prefixes(model, [n for n in every if n.startswith(("embed.", "norm."))]) == ["embed.", "norm."]
-    assert covering_prefixes(model, ["out.bias", "embed.weight"]) == ["embed.", "out.bias"]
-    with pytest.raises(KeyError, match="nope"):
-        covering_prefixes(model, ["nope"])
 
 
 def test_step_batches_cover_the_epoch_and_do_not_depend_on_world_size():
@@ -221,5 +213,6 @@ def test_precision_on_cpu(tmp_path):
 
 def test_package_exports():
     import vilbert.train as T
+    from vilbert.train.loop import TrainResult
 
-    assert T.train is train and T.TrainConfig is TrainConfig and callable(T.unwrap_model)
+    assert T.train is train and T.TrainConfig is TrainConfig and T.TrainResult is TrainResult

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from vilbert.cli.world import main as world_main
-from vilbert.data.readers import (read_captions, read_flickr30k, read_refer, read_vcr, read_vqa, soft_score,
-                                  vqa_paths)
+from vilbert.data.readers import read_captions, read_flickr30k, read_refer, read_vcr, read_vqa, soft_score, vqa_paths
 from vilbert.world import WorldConfig, generate_world
 from vilbert.world.generate import make_scene
 from vilbert.world.questions import annotator_answers, answer, vqa_questions
@@ -82,9 +81,9 @@ def test_splits_share_no_image(world):
 
 
 def test_same_seed_same_bytes_serial_or_parallel(tmp_path):
-    generate_world(tmp_path / "a", 12, seed=5, image_size=96, progress=False)
-    generate_world(tmp_path / "b", 12, seed=5, image_size=96, workers=2, progress=False)
-    generate_world(tmp_path / "c", 12, seed=6, image_size=96, progress=False)
+    generate_world(tmp_path / "a", num_images=12, seed=5, image_size=96, progress=False)
+    generate_world(tmp_path / "b", num_images=12, seed=5, image_size=96, workers=2, progress=False)
+    generate_world(tmp_path / "c", num_images=12, seed=6, image_size=96, progress=False)
     a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
     assert a == b
     assert a["images/1.png"] != c["images/1.png"]
@@ -92,17 +91,17 @@ def test_same_seed_same_bytes_serial_or_parallel(tmp_path):
 
 def test_rerun_reuses_and_resumes(tmp_path):
     out = tmp_path / "w"
-    generate_world(out, 8, seed=1, image_size=96, progress=False)
+    generate_world(out, num_images=8, seed=1, image_size=96, progress=False)
     before = _tree(out)
     stamp = (out / "world.json").stat().st_mtime_ns
-    generate_world(out, 8, seed=1, image_size=96, progress=False)
+    generate_world(out, num_images=8, seed=1, image_size=96, progress=False)
     assert (out / "world.json").stat().st_mtime_ns == stamp  # finished world: nothing rewritten
     (out / "images" / "3.png").unlink()
     (out / "world.json").unlink()  # as if interrupted before the end
-    generate_world(out, 8, seed=1, image_size=96, progress=False)
+    generate_world(out, num_images=8, seed=1, image_size=96, progress=False)
     assert _tree(out) == before
     with pytest.raises(FileExistsError, match="seed"):
-        generate_world(out, 8, seed=2, image_size=96, progress=False)
+        generate_world(out, num_images=8, seed=2, image_size=96, progress=False)
 
 
 def test_each_expression_names_exactly_one_object(world):
@@ -290,8 +289,8 @@ def test_vcr_rationales_need_the_image(world):
 
 
 def test_several_vcr_items_per_image_ask_about_different_objects(tmp_path):
-    one = generate_world(tmp_path / "one", 12, seed=2, image_size=96, progress=False).parent
-    three = generate_world(tmp_path / "three", 12, seed=2, image_size=96, vcr_per_image=3, progress=False).parent
+    one = generate_world(tmp_path / "one", num_images=12, seed=2, image_size=96, progress=False).parent
+    three = generate_world(tmp_path / "three", num_images=12, seed=2, image_size=96, vcr_per_image=3, progress=False).parent
     items = {n: [v for s in SPLITS for v in read_vcr(w / "vcr" / f"{s}.jsonl")] for n, w in (("one", one), ("three", three))}
     assert len(items["three"]) > 1.5 * len(items["one"])
     assert len({v.annot_id for v in items["three"]}) == len(items["three"])
@@ -305,11 +304,11 @@ def test_several_vcr_items_per_image_ask_about_different_objects(tmp_path):
     firsts = {v.image_id: v.question for v in items["three"] if not v.annot_id.count("-") > 1}
     assert firsts == {v.image_id: v.question for v in items["one"]}
     with pytest.raises(ValueError, match="vcr_per_image=0"):
-        generate_world(tmp_path / "bad", 12, seed=2, image_size=96, vcr_per_image=0, progress=False)
+        generate_world(tmp_path / "bad", num_images=12, seed=2, image_size=96, vcr_per_image=0, progress=False)
 
 
 def test_difficulty_knobs_bound_objects_and_proposals(tmp_path):
-    generate_world(tmp_path / "w", 12, seed=2, image_size=96, max_objects=3, max_proposals=12,
+    generate_world(tmp_path / "w", num_images=12, seed=2, image_size=96, max_objects=3, max_proposals=12,
                    captions_per_image=5, progress=False)
     scenes = [json.loads(line) for line in (tmp_path / "w" / "scenes.jsonl").read_text().splitlines()]
     assert all(2 <= len(s["scene"]["objects"]) <= 3 for s in scenes)

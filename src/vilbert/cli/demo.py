@@ -12,9 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vilbert.cli.common import JobFailed, run_command
+from vilbert.demo import StageError, default_sizes, quick_sizes, run_demo
+from vilbert.demo.sizes import with_overrides
+
+PROG = "vilbert demo"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vilbert demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="vilbert-demo", help="output folder (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny world and tiny model: a smoke test of every stage")
     p.add_argument("--ablations", action="store_true",
@@ -28,24 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
-    from vilbert.demo.plan import default_sizes, quick_sizes, with_overrides
-    from vilbert.demo.run import run_demo
-    from vilbert.demo.stages import StageError
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace) -> None:
     sizes = quick_sizes() if args.quick else default_sizes()
     sizes = with_overrides(sizes, images=args.images, pretrain_steps=args.pretrain_steps)
     try:
         run_demo(args.out, sizes, ablations=args.ablations, heartbeat_s=args.heartbeat, report_only=args.report_only)
-    except (StageError, FileExistsError, ValueError) as err:
-        print(f"vilbert demo: {err}", file=sys.stderr)
-        return 1
-    return 0
+    except StageError as err:
+        raise JobFailed(str(err)) from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, build_parser(), argv, run)
 
 
 if __name__ == "__main__":

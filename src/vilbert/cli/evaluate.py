@@ -3,6 +3,7 @@
     vilbert evaluate --task vqa --checkpoint RUN/model --data WORLD --split val --out metrics.json
 
 The checkpoint directory alone describes the model and its heads (VQA's answer list included).
+See `vilbert.pipelines.evaluate`.
 """
 
 from __future__ import annotations
@@ -10,51 +11,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
-from vilbert.cli.finetune import add_task_arguments, check_features, make_task
+from vilbert.cli.common import add_data_args, add_runtime_args, run_command, task_options
+from vilbert.io.atomic import write_json
+from vilbert.pipelines.evaluate import EvaluateRun, evaluate
+from vilbert.pipelines.models import ModelSource
+
+PROG = "vilbert evaluate"
+DEFAULTS = EvaluateRun(task="", data="", model=ModelSource(preset="tiny"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vilbert evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_task_arguments(p)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a saved model directory (config.json + model.safetensors)")
-    p.add_argument("--split", default="val", help="split to score (train, val, test)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward")
-    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--split", default=DEFAULTS.split, help="split to score (train, val, test; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="rows per forward (default %(default)s)")
+    p.add_argument("--out", default=None, help="also write the result to this JSON file")
+    add_data_args(p)
+    add_runtime_args(p)
     return p
 
 
-def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the checkpoint, check it has the task's heads, and score the split."""
-    from vilbert.model import load_pretrained
-    from vilbert.train.distributed import resolve_device
-
-    task = make_task(args)
-    model = load_pretrained(args.checkpoint, map_location=resolve_device(args.device))
-    check_features(model.config, task)
-    missing = [h for h in task.required_heads() if h not in model.heads]
-    if missing:
-        raise ValueError(f"checkpoint {args.checkpoint} has no {missing} head(s) for task {args.task!r} "
-                         f"(its heads: {', '.join(model.heads) or 'none'}); fine-tune it on the task first")
-    metrics = {k: float(v) for k, v in task.evaluate(model, args.split, batch_size=args.batch_size).items()}
-    return {"task": args.task, "split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics}
+def run(args: argparse.Namespace) -> None:
+    result = evaluate(EvaluateRun(task=args.task, data=args.data, model=ModelSource(directory=args.checkpoint),
+                                  split=args.split, features=args.features, options=task_options(args),
+                                  batch_size=args.batch_size, device=args.device))
+    print(json.dumps(result, indent=2))
+    if args.out:
+        write_json(args.out, result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = evaluate_checkpoint(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"vilbert evaluate: {err}", file=sys.stderr)
-        return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        from vilbert.io.atomic import write_json
+    return run_command(PROG, build_parser(), argv, run)
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
-    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

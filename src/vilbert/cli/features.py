@@ -8,21 +8,25 @@ original ViLBERT feature LMDB.
 Boxes from --boxes are used as given, and so are VCR's (each image's metadata boxes, in object
 order); grid and detector boxes are limited to --min-boxes..--max-boxes (detector boxes after
 NMS). Rerunning the same command adds only the images the store lacks; unreadable images are
-listed in STORE/failures.jsonl.
+listed in STORE/failures.jsonl. See `vilbert.pipelines.features`.
 """
 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 
+from vilbert.cli.common import JobFailed, add_runtime_args, run_command
 from vilbert.features.extract import FAILURES_FILE, ExtractConfig
+from vilbert.features.legacy import import_legacy
+from vilbert.pipelines.features import FeaturesRun, extract
+
+PROG = "vilbert features"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = ExtractConfig()
-    parser = argparse.ArgumentParser(prog="vilbert features", description=__doc__.split("\n\n")[0])
+    d = ExtractConfig()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (ids = file names without suffix, or from --boxes)")
     source.add_argument("--import-legacy", metavar="LMDB", help="import an original ViLBERT feature LMDB")
@@ -32,68 +36,45 @@ def build_parser() -> argparse.ArgumentParser:
     boxes.add_argument("--vcr-boxes", nargs="+", metavar="VCR_JSONL",
                        help="VCR jsonl files: each image's metadata boxes in object order (--images = vcr1images/)")
     boxes.add_argument("--detector", help="'package.module:function' or a .onnx file returning boxes and scores")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per backbone batch")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per backbone batch")
+    parser.add_argument("--image-size", type=int, default=d.image_size,
                         help="longer image side after resizing, multiple of 32 (default %(default)s)")
-    parser.add_argument("--output-stride", type=int, choices=(16, 32), default=defaults.output_stride,
+    parser.add_argument("--output-stride", type=int, choices=(16, 32), default=d.output_stride,
                         help="feature map stride; 16 = twice finer map (atrous last stage), ~2x slower")
-    parser.add_argument("--min-boxes", type=int, default=defaults.min_boxes)
-    parser.add_argument("--max-boxes", type=int, default=defaults.max_boxes)
-    parser.add_argument("--nms-iou", type=float, default=defaults.iou_threshold, help="NMS IoU for detector boxes")
-    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
+    parser.add_argument("--min-boxes", type=int, default=d.min_boxes)
+    parser.add_argument("--max-boxes", type=int, default=d.max_boxes)
+    parser.add_argument("--nms-iou", type=float, default=d.iou_threshold, help="NMS IoU for detector boxes")
+    parser.add_argument("--score-threshold", type=float, default=d.score_threshold)
     parser.add_argument("--fp16-store", action="store_true", help="store features and cls_prob as float16")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="image-decoding processes")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes")
+    add_runtime_args(parser, device=False)
     return parser
 
 
-def _run_extract(args: argparse.Namespace) -> int:
-    from vilbert.features.boxes import images_in_folder, load_detector, read_coco_boxes, read_vcr_boxes
-    from vilbert.features.extract import extract_features
-
+def run(args: argparse.Namespace) -> None:
+    if args.import_legacy:
+        written = import_legacy(args.import_legacy, args.out, fp16=args.fp16_store, progress=not args.no_progress)
+        print(f"{PROG}: imported {written} images from {args.import_legacy} into {args.out}")
+        return
     config = ExtractConfig(
-        image_size=args.image_size, output_stride=args.output_stride, batch_size=args.batch_size, min_boxes=args.min_boxes,
-        max_boxes=args.max_boxes, iou_threshold=args.nms_iou, score_threshold=args.score_threshold,
-        fp16_store=args.fp16_store, workers=args.workers,
+        image_size=args.image_size, output_stride=args.output_stride, batch_size=args.batch_size,
+        min_boxes=args.min_boxes, max_boxes=args.max_boxes, iou_threshold=args.nms_iou,
+        score_threshold=args.score_threshold, fp16_store=args.fp16_store, workers=args.workers,
     )
-    detector = None
-    if args.boxes:
-        entries, source = read_coco_boxes(args.boxes, args.images), f"annotations:{args.boxes}"
-    elif args.vcr_boxes:
-        entries, source = read_vcr_boxes(args.vcr_boxes, args.images), f"vcr:{','.join(args.vcr_boxes)}"
-    else:
-        entries = images_in_folder(args.images)
-        source = "grid"
-        if args.detector:
-            detector, source = load_detector(args.detector), f"detector:{args.detector}"
-    report = extract_features(entries, args.out, config, boxes_source=source, detector=detector,
-                              progress=not args.no_progress)
+    report = extract(FeaturesRun(images=args.images, out=args.out, boxes=args.boxes,
+                                 vcr_boxes=tuple(args.vcr_boxes or ()), detector=args.detector, config=config,
+                                 progress=not args.no_progress))
     print(
-        f"vilbert features: wrote {report.written} images ({report.images_per_second:.1f} images/s), "
+        f"{PROG}: wrote {report.written} images ({report.images_per_second:.1f} images/s), "
         f"skipped {report.skipped} already in {args.out}, {report.failed} failed"
         + (f" (see {args.out}/{FAILURES_FILE})" if report.failed else "")
     )
-    return 1 if report.failed and not report.written and not report.skipped else 0
+    if report.failed and not report.written and not report.skipped:
+        raise JobFailed(f"no image could be extracted (see {args.out}/{FAILURES_FILE})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        if args.import_legacy:
-            from vilbert.features.legacy import import_legacy
-
-            written = import_legacy(args.import_legacy, args.out, fp16=args.fp16_store, progress=not args.no_progress)
-            print(f"vilbert features: imported {written} images from {args.import_legacy} into {args.out}")
-            return 0
-        return _run_extract(args)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError, pickle.UnpicklingError) as err:
-        print(f"vilbert features: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(PROG, build_parser(), argv, run)
 
 
 if __name__ == "__main__":

@@ -108,28 +108,3 @@ def region_kl_loss(pred_logits: torch.Tensor, cls_prob: torch.Tensor, masked: to
     weight = masked.to(per_region.dtype)
     return (per_region * weight).sum() / weight.sum().clamp(min=1.0)
 
-
-def sample_misaligned(
-    row_image_ids: Sequence[str],
-    pool_image_ids: Sequence[str],
-    generator: torch.Generator | None = None,
-    prob: float = 0.5,
-) -> torch.Tensor:
-    """Alignment negatives: for each row, with probability `prob`, the index of a caption in the
-    pool that belongs to another image; -1 keeps the row's own caption (an aligned pair).
-
-    Returns a [B] long tensor. Deterministic for a given generator state.
-    """
-    if len(set(pool_image_ids)) < 2:
-        raise ValueError(f"misaligned captions need a pool with at least 2 images, got {len(set(pool_image_ids))}")
-    n = len(pool_image_ids)
-    flips = torch.rand(len(row_image_ids), generator=generator) < prob
-    picks = torch.full((len(row_image_ids),), -1, dtype=torch.long)
-    for row in flips.nonzero().flatten().tolist():
-        own = row_image_ids[row]
-        while True:  # expected < 2 draws unless one image owns most of the pool
-            j = int(torch.randint(n, (1,), generator=generator))
-            if pool_image_ids[j] != own:
-                picks[row] = j
-                break
-    return picks

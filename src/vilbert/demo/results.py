@@ -6,10 +6,11 @@ Numbers are percentages. A cell is None when its task did not run (the reason is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vilbert.io.atomic import atomic_path, save_png, write_json
 
@@ -140,7 +141,6 @@ def plot_table(table: ResultsTable, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     columns = [c for c, _, _ in COLUMNS]
     n = len(table.rows)
@@ -182,6 +182,3 @@ def write_results(table: ResultsTable, out_dir: str | Path, stem: str, claims: l
     plot_table(table, out / f"{stem}.png")
     return text
 
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

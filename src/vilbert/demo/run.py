@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from vilbert.demo.plan import TASKS, ZERO_SHOT, DemoPlan, DemoSizes, build_plan
+from vilbert.data.readers.vqa import read_vqa, vqa_paths
+from vilbert.demo.plan import PRETRAIN, WORLD, DemoPlan, StageKey, build_plan
 from vilbert.demo.results import ResultsTable, check_claims, make_table, write_results
+from vilbert.demo.sizes import TASKS, DemoSizes
 from vilbert.demo.stages import StageRunner
+from vilbert.demo.steps import ZERO_SHOT, Steps
 from vilbert.io.atomic import write_json
+from vilbert.tasks.vqa import answer_prior_accuracy
 
 SETTINGS_FILE = "demo.json"
 
@@ -48,8 +52,6 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     check_settings(out, sizes)
     plan = build_plan(out, sizes, ablations)
     stream = stream or sys.stdout
-    for task, why in plan.skipped.items():
-        print(f"vilbert demo: skipping {task}: {why}", file=stream)
     runner = StageRunner(out, stream=stream, heartbeat_s=heartbeat_s)
     if report_only:
         done = [s for s in plan.stages if runner.is_done(s.name)]
@@ -70,7 +72,7 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
     for table in plan.tables:
         for row in table.rows:
             for task in (*TASKS, ZERO_SHOT):
-                result = results.get(f"{row.key}-{task}")
+                result = results.get(StageKey(task, row.key).name)
                 if result:
                     metrics.setdefault(row.key, {})[task] = result["metrics"]
     return metrics
@@ -78,13 +80,13 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
 
 def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dict[str, Any]:
     metrics = collect_metrics(plan, results)
-    world = results.get("world") or {}
+    world = results.get(StageKey(WORLD).name) or {}
     test_images = (world.get("images") or {}).get(plan.sizes.eval_split)
     # Retrieval ranks the first `retrieval_eval_images` test images; chance follows that count.
     retrieval_images = test_images
     if test_images and plan.sizes.retrieval_eval_images:
         retrieval_images = min(test_images, plan.sizes.retrieval_eval_images)
-    notes = [f"{task}: {why}" for task, why in plan.skipped.items()]
+    notes = []
     if retrieval_images != test_images:
         notes.append(f"retrieval ranks the first {retrieval_images} test images against their captions")
     notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
@@ -94,8 +96,8 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
         if ft.reinit:
             notes.append(f"{task} fine-tunes start {' and '.join(ft.reinit)} afresh")
     # Pretraining's last validation numbers (alignment accuracy says whether zero-shot can work).
-    pretraining = {name[len("pretrain-"):]: (r or {}).get("val") for name, r in results.items()
-                   if name.startswith("pretrain-")}
+    pretraining = {key.subject: (results[key.name] or {}).get("val") for key in plan.steps
+                   if key.step == PRETRAIN and key.name in results}
     prior = vqa_prior(plan)
     written: dict[str, Any] = {}
     for table_plan in plan.tables:
@@ -113,10 +115,7 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
 def vqa_prior(plan: DemoPlan) -> dict[str, float]:
     """{"VQA": accuracy of the best answer per question type} on the evaluation split, or {} when
     the world's VQA annotations are not there (the table then shows no VQA floor)."""
-    from vilbert.data.readers.vqa import read_vqa, vqa_paths
-    from vilbert.tasks.vqa import answer_prior_accuracy
-
-    folder = plan.out / "world" / "vqa"
+    folder = Steps(plan.out, plan.sizes).world / "vqa"
     paths = {split: vqa_paths(folder, split) for split in ("train", plan.sizes.eval_split)}
     if not all(p.is_file() for pair in paths.values() for p in pair):
         return {}

@@ -19,9 +19,12 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
+
+from vilbert.data.readers.common import FormatError
+from vilbert.data.readers.vcr import load_metadata, metadata_path, read_vcr
 
 
 @dataclass
@@ -90,9 +93,6 @@ def read_vcr_boxes(vcr_files: list[str | Path], images_dir: str | Path) -> list[
     """VCR's own boxes: for each image its items name (`img_fn` under `images_dir`), the boxes of
     its `metadata_fn` JSON in object order, so that region k + 1 of the store (after [IMG]) is
     `objects[k]` of the items, the boxes the original code extracted its VCR features from."""
-    from vilbert.data.readers.common import FormatError
-    from vilbert.data.readers.vcr import load_metadata, metadata_path, read_vcr
-
     entries: dict[str, ImageEntry] = {}
     for vcr_file in vcr_files:
         for example in read_vcr(vcr_file):
@@ -172,12 +172,6 @@ def select_boxes(
         rest += [i for i in np.argsort(-scores, kind="stable") if i not in kept_set]
         confident += rest[: min_boxes - len(confident)]
     return np.array(confident[:max_boxes], dtype=np.int64)
-
-
-class Detector(Protocol):
-    """A region proposer: RGB image [H,W,3] uint8 -> (boxes [N,4] pixels x1y1x2y2, scores [N])."""
-
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class OnnxDetector:

@@ -29,12 +29,11 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from vilbert.core.regions import ImageRegions
 from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
-from vilbert.features.boxes import (
-    ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes,
-)
+from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes
 from vilbert.features.roi_align import roi_align_pooled
-from vilbert.features.store import FeatureStoreWriter, ImageRegions
+from vilbert.features.store import FeatureStoreWriter
 
 FAILURES_FILE = "failures.jsonl"
 DetectorFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

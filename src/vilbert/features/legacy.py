@@ -17,7 +17,8 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from vilbert.features.store import FeatureStoreWriter, ImageRegions
+from vilbert.core.regions import ImageRegions
+from vilbert.features.store import FeatureStoreWriter
 from vilbert.io.safe_pickle import safe_loads
 
 KEYS_KEY = b"keys"

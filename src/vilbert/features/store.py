@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import lmdb
 import numpy as np
+
+from vilbert.core.regions import ImageRegions, RegionBatch, collate_regions
 
 FORMAT = "vilbert-regions"
 VERSION = 1
@@ -32,32 +33,6 @@ _MAGIC = b"VRG1"
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _DTYPE_CODES = {"float32": 0, "float16": 1}
 _MAP_SIZE = 1 << 40  # virtual address space only; the file grows with its content
-
-
-@dataclass
-class ImageRegions:
-    """The regions of one image, as stored."""
-
-    image_id: str
-    width: int
-    height: int
-    boxes: np.ndarray  # [N,4] float32, pixels x1,y1,x2,y2
-    features: np.ndarray  # [N,D] float32
-    cls_prob: np.ndarray | None = None  # [N,C] float32, the backbone's class distribution per region
-
-    def __post_init__(self) -> None:
-        n = self.boxes.shape[0]
-        if self.boxes.shape != (n, 4) or self.features.ndim != 2 or self.features.shape[0] != n:
-            raise ValueError(
-                f"image {self.image_id!r}: boxes {self.boxes.shape} and features {self.features.shape} "
-                "must be [N,4] and [N,D]"
-            )
-        if self.cls_prob is not None and (self.cls_prob.ndim != 2 or self.cls_prob.shape[0] != n):
-            raise ValueError(f"image {self.image_id!r}: cls_prob {self.cls_prob.shape} must be [{n},C]")
-
-    @property
-    def num_boxes(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 class MissingImageError(KeyError):
@@ -203,11 +178,9 @@ class FeatureStore:
         with self._environment().begin() as txn:
             return [self._get(txn, str(i)) for i in ids]
 
-    def get_many(self, ids: Iterable[str | int], max_regions: int | None = None):
+    def get_many(self, ids: Iterable[str | int], max_regions: int | None = None) -> RegionBatch:
         """Model-ready padded tensors for `ids`: a `RegionBatch` (features [B,R,D] with the [IMG]
         row first, locations [B,R,5], mask [B,R], cls_prob [B,R,C] or None)."""
-        from vilbert.data.regions import collate_regions
-
         return collate_regions(self.get_regions(ids), max_regions=max_regions)
 
     def close(self) -> None:

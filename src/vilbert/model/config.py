@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vilbert.io.atomic import write_json
+
 ARCHITECTURES = ("two_stream", "single_stream")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 
@@ -105,7 +107,7 @@ class ViLBertConfig:
         return cls(**data)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ViLBertConfig":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 
 from vilbert.model.config import ViLBertConfig
 from vilbert.model.vilbert import ViLBert, build_model
@@ -312,8 +313,6 @@ def convert_original(checkpoint: str | Path, original_config: str | Path) -> tup
 
 def _read_bert_weights(directory: Path) -> StateDict:
     if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(directory / "model.safetensors"))
     if (directory / "pytorch_model.bin").is_file():
         return load_original_checkpoint(directory / "pytorch_model.bin")

@@ -23,7 +23,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from vilbert.core.runtime import evaluating, model_device
 from vilbert.model.layers import key_mask
 from vilbert.model.vilbert import TwoStreamEncoder, ViLBert
 
@@ -175,10 +177,6 @@ def score_matrix(model: ViLBert, text: TextInputs, images: ImageInputs, head: st
     `cached=True` uses `CachedPairScorer` for a two-stream model (the single-stream baseline always
     takes the plain forward). The model is put in eval mode for the duration.
     """
-    from tqdm.auto import tqdm
-
-    from vilbert.tasks.common import evaluating, model_device
-
     device = model_device(model)
     text = TextInputs(*(t.to(device) for t in (text.input_ids, text.token_type_ids, text.attention_mask)))
     images = ImageInputs(*(t.to(device) for t in (images.image_features, images.image_locations, images.image_mask)))

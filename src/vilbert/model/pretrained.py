@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from vilbert.io.atomic import atomic_path
 from vilbert.model.config import ViLBertConfig
 from vilbert.model.vilbert import ViLBert, build_model
 
@@ -21,17 +20,9 @@ def save_pretrained(model: ViLBert, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    tmp_cfg = directory / (CONFIG_NAME + ".tmp")
-    model.config.to_json(tmp_cfg)
-    os.replace(tmp_cfg, directory / CONFIG_NAME)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    model.config.to_json(directory / CONFIG_NAME)
     return directory
 
 

@@ -16,14 +16,7 @@ from torch import nn
 
 from vilbert.model.config import ViLBertConfig
 from vilbert.model.heads import MaskedWordHead, build_head
-from vilbert.model.layers import (
-    CoAttentionLayer,
-    ImageEmbeddings,
-    Pooler,
-    TextEmbeddings,
-    TransformerLayer,
-    key_mask,
-)
+from vilbert.model.layers import CoAttentionLayer, ImageEmbeddings, Pooler, TextEmbeddings, TransformerLayer, key_mask
 from vilbert.model.single_stream import SingleStreamEncoder
 
 Tensor = torch.Tensor

@@ -1,62 +1,32 @@
-"""Build any registered task from a dataset root, so the CLIs and the demo construct tasks alike.
+"""Build any registered task from a dataset root, so every pipeline constructs tasks alike.
 
-A root holds each dataset in its real layout, in the folder the generated world uses:
-ROOT/vqa, ROOT/vcr, ROOT/refcoco+, ROOT/flickr30k, ROOT/captions. Each task also has a recipe:
-the original's fine-tuning settings (max text length, batch size, learning rate, epochs), which the
-CLIs use as defaults.
+A root holds each dataset in its real layout, in the folder the generated world uses (the task's
+recipe names it): ROOT/vqa, ROOT/vcr, ROOT/refcoco+, ROOT/flickr30k, ROOT/captions.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from vilbert.tasks.base import Task, get_task
+from vilbert.core.task import Task
 from vilbert.tasks.common import TaskData
+from vilbert.tasks.registry import get_task, recipe
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """Per-task defaults (SPEC section 3; text lengths from the original's task configs)."""
-
-    folder: str
-    max_text_length: int
-    batch_size: int
-    lr: float
-    epochs: int
-
-
-RECIPES: dict[str, Recipe] = {
-    "pretrain": Recipe("captions", 36, 512, 1e-4, 10),
-    "vqa": Recipe("vqa", 23, 256, 4e-5, 20),
-    "vcr": Recipe("vcr", 60, 64, 2e-5, 20),
-    "vcr_q_a": Recipe("vcr", 60, 64, 2e-5, 20),
-    "vcr_qa_r": Recipe("vcr", 60, 64, 2e-5, 20),
-    "refer": Recipe("refcoco+", 20, 256, 4e-5, 20),
-    "retrieval": Recipe("flickr30k", 30, 64, 2e-5, 20),
-    "zero_shot_retrieval": Recipe("flickr30k", 30, 64, 2e-5, 20),  # evaluation only
-}
-_DEFAULT = Recipe("", 36, 32, 2e-5, 10)
-
-
-def recipe(name: str) -> Recipe:
-    """The task's recipe (a generic one, with the task's name as folder, for unknown names)."""
-    return RECIPES.get(name, Recipe(name, _DEFAULT.max_text_length, _DEFAULT.batch_size, _DEFAULT.lr, _DEFAULT.epochs))
-
-
+FEATURES_NAME = "features.lmdb"  # a data root's feature store, unless one is named
 _DATA_FIELDS = {f.name for f in fields(TaskData)} - {"data_dir", "features"}
 
 
 def build_task(name: str, data_root: str | Path, features: str | Path | None = None, **options: Any) -> Task:
-    """Task `name` over ROOT/<its folder> and the feature store (default ROOT/features.lmdb).
+    """Task `name` over ROOT/<its folder> and the feature store (default ROOT/FEATURES_NAME).
 
     `options` set TaskData fields (max_text_length, max_regions, vocab) or the task's own
     constructor arguments (e.g. VQA's min_answer_count); an unknown option names the valid ones.
     """
-    cls = get_task(name)  # looked up at call time: tasks registered later are found too
+    cls = get_task(name)
     root = Path(data_root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist")
@@ -64,7 +34,7 @@ def build_task(name: str, data_root: str | Path, features: str | Path | None = N
     data_kwargs.setdefault("max_text_length", recipe(name).max_text_length)
     data = TaskData(
         data_dir=str(root / recipe(name).folder),
-        features=str(features if features is not None else root / "features.lmdb"),
+        features=str(features if features is not None else root / FEATURES_NAME),
         **data_kwargs,
     )
     accepted = _constructor_options(cls)

@@ -1,4 +1,4 @@
-"""What every vision-and-language task shares: text + regions -> `Batch`, and evaluation loops.
+"""What every vision-and-language task shares: text + regions -> `Batch`, and evaluation batches.
 
 A task reads its own annotation format, then calls `RegionTextTask.make_batch` with the texts
 (or text pairs) and image ids of its rows; regions come from the feature store in one read
@@ -7,19 +7,18 @@ transaction, padded to the batch's largest region count, and text to the batch's
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 
-from vilbert.data.batch import Batch
-from vilbert.data.regions import RegionBatch
+from vilbert.core.batch import Batch
+from vilbert.core.regions import RegionBatch
+from vilbert.core.task import Task
+from vilbert.data.inputs import encode_texts
 from vilbert.data.tokenizer import Tokenizer, load_tokenizer
 from vilbert.features.store import FeatureStore
-from vilbert.tasks.base import Task
 
 
 @dataclass
@@ -55,19 +54,7 @@ class RegionTextTask(Task):
 
     def encode_texts(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> tuple[torch.Tensor, ...]:
         """Texts (or (a, b) pairs) -> ids, token types and mask [B,T], padded to the longest."""
-        limit = self.data.max_text_length
-        ids, types = [], []
-        for text in texts:
-            if isinstance(text, tuple):
-                i, t = self.tokenizer.encode_pair(text[0], text[1], limit)
-            else:
-                i = self.tokenizer.encode(text, limit)
-                t = [0] * len(i)
-            ids.append(i)
-            types.append(t)
-        padded, mask = self.tokenizer.pad(ids)
-        padded_types, _ = self.tokenizer.pad(types, pad_value=0)
-        return torch.tensor(padded), torch.tensor(padded_types), torch.tensor(mask)
+        return encode_texts(self.tokenizer, texts, self.data.max_text_length)
 
     def make_batch(
         self,
@@ -94,38 +81,8 @@ class RegionTextTask(Task):
         )
 
 
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; the model's previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def batches(task: Task, items: Sequence[Any], batch_size: int) -> Iterator[Batch]:
     """Collated batches of `items` in order (for evaluation: no shuffling, no dropping)."""
     for start in range(0, len(items), batch_size):
         yield task.collate(items[start : start + batch_size])
 
-
-def single_pair_inputs(text: str, regions, max_text_length: int, max_regions: int | None,
-                       device: torch.device) -> dict[str, torch.Tensor]:
-    """Model inputs for one sentence and one image's `ImageRegions` (predict, explain), on `device`."""
-    from vilbert.data.regions import collate_regions
-
-    ids = load_tokenizer().encode(text, max_text_length)
-    features, locations, mask = collate_regions([regions], max_regions)  # [1,R,D], [1,R,5], [1,R]
-    inputs = {
-        "input_ids": torch.tensor([ids]), "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "image_features": features, "image_locations": locations, "image_mask": mask,
-    }
-    return {k: v.to(device) for k, v in inputs.items()}

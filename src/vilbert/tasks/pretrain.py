@@ -1,6 +1,6 @@
 """Pretraining on image-caption pairs: masked multimodal modelling + alignment prediction.
 
-The recipe of the paper (SPEC section 2), as one `Task`:
+The recipe of the paper (Lu et al. 2019), as one `Task`:
 - a row is one (caption, image) pair of `DIR/captions/{split}.tsv`;
 - with probability 0.5 the caption is replaced by a caption of another image (alignment target
   1 = not aligned; index 0 = aligned, as in the original);
@@ -35,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilbert.data.batch import Batch
+from vilbert.core.batch import Batch
+from vilbert.core.runtime import evaluating, model_device
+from vilbert.core.subsets import data_subset
 from vilbert.data.masking import IGNORE_INDEX, mask_regions, mask_words, region_kl_loss
 from vilbert.data.readers.captions import CaptionPair, read_captions
-from vilbert.tasks.base import register_task
-from vilbert.tasks.common import RegionTextTask, TaskData, evaluating, model_device
+from vilbert.tasks.common import RegionTextTask, TaskData
+from vilbert.tasks.registry import Recipe, register_task
 
 HEADS = ("masked_word", "masked_region", "alignment")
 ALIGNED, MISALIGNED = 0, 1  # alignment head classes (index 0 = aligned, as in the original)
@@ -99,7 +101,11 @@ class _NegativePool:
         raise ValueError(f"no caption of another image differs from the captions of image {image_id!r}")
 
 
-@register_task("pretrain")
+# The paper pretrains at batch 512 (on 8 GPUs); 32 is a default that fits one device.
+RECIPE = Recipe("captions", max_text_length=36, batch_size=32, lr=1e-4, epochs=10)
+
+
+@register_task("pretrain", RECIPE)
 class PretrainTask(RegionTextTask):
     """ViLBERT's pretraining on (caption, image) pairs; see the module docstring."""
 
@@ -159,8 +165,6 @@ class PretrainTask(RegionTextTask):
         if split not in self._pools:
             pairs = self.pairs(split)
             if split == "train" and self.data_fraction < 1.0:
-                from vilbert.train.distributed import data_subset
-
                 pairs = [pairs[i] for i in data_subset(len(pairs), self.data_fraction)]
             self._pools[split] = _NegativePool(pairs, str(self.split_path(split)))
         return self._pools[split]

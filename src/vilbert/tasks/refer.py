@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilbert.data.batch import Batch
+from vilbert.core.batch import Batch
+from vilbert.core.regions import ImageRegions, collate_regions
+from vilbert.core.runtime import evaluating, model_device
 from vilbert.data.readers.refer import ReferExpression, read_refer
-from vilbert.data.regions import collate_regions
 from vilbert.features.boxes import box_iou
-from vilbert.features.store import ImageRegions
-from vilbert.tasks.base import register_task
-from vilbert.tasks.common import RegionTextTask, TaskData, batches, evaluating, model_device
+from vilbert.tasks.common import RegionTextTask, TaskData, batches
+from vilbert.tasks.registry import Recipe, register_task
 
 HEAD = "region_score"
 
@@ -75,7 +75,7 @@ def hits(logits: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, threshold:
     return (iou.gather(1, chosen[:, None])[:, 0] >= threshold).float()
 
 
-@register_task("refer")
+@register_task("refer", Recipe("refcoco+", max_text_length=20, batch_size=256, lr=4e-5, epochs=20))
 class ReferTask(RegionTextTask):
     """RefCOCO+-style referring expressions over the feature store's region proposals.
 

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilbert.data.batch import Batch
+from vilbert.core.batch import Batch
+from vilbert.core.regions import RegionBatch
+from vilbert.core.runtime import unwrap_model
 from vilbert.data.readers.flickr30k import RetrievalImage, read_flickr30k
-from vilbert.data.regions import RegionBatch
 from vilbert.model.pair_cache import ImageInputs, TextInputs, score_matrix
-from vilbert.tasks.base import register_task
 from vilbert.tasks.common import RegionTextTask, TaskData
-from vilbert.train import unwrap_model
+from vilbert.tasks.registry import Recipe, register_task
 
 CHOICES = 4  # true pair, random caption, random image, hard-negative caption
 KS = (1, 5, 10)
@@ -90,7 +90,10 @@ def nearest_images(means: torch.Tensor, k: int) -> torch.Tensor:
     return distances.topk(k, dim=1, largest=False).indices
 
 
-@register_task("retrieval")
+RECIPE = Recipe("flickr30k", max_text_length=30, batch_size=64, lr=2e-5, epochs=20)
+
+
+@register_task("retrieval", RECIPE)
 class RetrievalTask(RegionTextTask):
     """Flickr30k-style retrieval. `data.data_dir` holds {split}.jsonl.
 
@@ -218,7 +221,7 @@ class RetrievalTask(RegionTextTask):
         return recalls(self.scores(model, split, batch_size), self.split(split).caption_image)
 
 
-@register_task("zero_shot_retrieval")
+@register_task("zero_shot_retrieval", RECIPE)  # evaluation only: the recipe gives its data and text length
 class ZeroShotRetrievalTask(RetrievalTask):
     """Retrieval scored by the pretrained alignment head, with no fine-tuning."""
 

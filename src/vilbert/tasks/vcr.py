@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilbert.data.batch import Batch
-from vilbert.data.regions import RegionBatch
+from vilbert.core.batch import Batch
+from vilbert.core.regions import RegionBatch
+from vilbert.core.runtime import evaluating, model_device
 from vilbert.data.readers.vcr import VCRExample, read_vcr, tokens_to_words
-from vilbert.tasks.base import register_task
-from vilbert.tasks.common import RegionTextTask, TaskData, batches, evaluating, model_device
+from vilbert.tasks.common import RegionTextTask, TaskData, batches
+from vilbert.tasks.registry import Recipe, register_task
 
 HEAD = "pair_score"
 SUBTASKS = ("q_a", "qa_r")
@@ -169,18 +170,21 @@ class VCRTask(RegionTextTask):
         return metrics
 
 
-@register_task("vcr")
+RECIPE = Recipe("vcr", max_text_length=60, batch_size=64, lr=2e-5, epochs=20)
+
+
+@register_task("vcr", RECIPE)
 class VCRBothTask(VCRTask):
     """Q->A and QA->R together (one head), reporting q_a, qa_r and q_ar."""
 
     subtasks = SUBTASKS
 
 
-@register_task("vcr_q_a")
+@register_task("vcr_q_a", RECIPE)
 class VCRAnswerTask(VCRTask):
     subtasks = ("q_a",)
 
 
-@register_task("vcr_qa_r")
+@register_task("vcr_qa_r", RECIPE)
 class VCRRationaleTask(VCRTask):
     subtasks = ("qa_r",)

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilbert.data.batch import Batch
+from vilbert.core.batch import Batch
+from vilbert.core.runtime import evaluating, model_device, unwrap_model
 from vilbert.data.readers.vqa import VQAExample, read_vqa, vqa_paths
-from vilbert.tasks.base import register_task
-from vilbert.tasks.common import RegionTextTask, TaskData, batches, evaluating, model_device
+from vilbert.tasks.common import RegionTextTask, TaskData, batches
+from vilbert.tasks.registry import Recipe, register_task
 
 HEAD = "vqa"
 
@@ -96,8 +97,6 @@ def top_answers(logits: torch.Tensor, answers: Sequence[str], k: int = 5) -> lis
 
 def head_answers(model: nn.Module, fallback: Sequence[str] | None = None) -> list[str]:
     """The answer list of the model's VQA head (or `fallback` when the head stores none)."""
-    from vilbert.train import unwrap_model
-
     heads = getattr(unwrap_model(model), "heads", {})
     if HEAD not in heads:
         raise KeyError(f"the model has no {HEAD!r} head; fine-tune it on VQA first")
@@ -117,7 +116,7 @@ class _Split:
     labelled: bool
 
 
-@register_task("vqa")
+@register_task("vqa", Recipe("vqa", max_text_length=23, batch_size=256, lr=4e-5, epochs=20))
 class VQATask(RegionTextTask):
     """VQA v2 questions + annotations in their real file layout (DATA/vqa)."""
 

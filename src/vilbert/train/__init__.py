@@ -1,21 +1,9 @@
 """The generic trainer: `train(model, task, TrainConfig(...), out_dir, resume=...)`.
 
-`train` and `TrainResult` are imported lazily so that task modules may import this package
-without a cycle through `vilbert.tasks`.
+It knows only the `vilbert.core.task.Task` interface, never a task by name.
 """
 
 from vilbert.train.config import TrainConfig
+from vilbert.train.loop import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "train", "unwrap_model"]
-
-
-def __getattr__(name: str):
-    if name in ("train", "TrainResult"):
-        from vilbert.train import loop
-
-        return getattr(loop, name)
-    if name == "unwrap_model":
-        from vilbert.train.distributed import unwrap_model
-
-        return unwrap_model
-    raise AttributeError(f"module 'vilbert.train' has no attribute {name!r}")
+__all__ = ["TrainConfig", "TrainResult", "train"]

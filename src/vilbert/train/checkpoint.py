@@ -9,7 +9,6 @@ directory and renamed into place; `latest` is replaced atomically after that.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vilbert.io.atomic import atomic_path
+from vilbert.io.atomic import atomic_path, write_json
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -83,7 +82,7 @@ def save_model_weights(model: nn.Module, directory: Path) -> None:
     save_file(state, str(directory / MODEL_FILE), metadata={"format": "pt"})
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
-        (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_json(directory / "config.json", config.to_dict())
 
 
 def load_model_weights(model: nn.Module, directory: Path) -> None:

@@ -17,7 +17,8 @@ TRAJECTORY_FIELDS = (
 
 @dataclass
 class TrainConfig:
-    """How to train; defaults are the paper's pretraining recipe (SPEC section 2) at batch 32."""
+    """How to train; the defaults are the paper's pretraining recipe (AdamW 1e-4, 10% warm-up, weight
+    decay 0.01, 10 epochs) at batch 32."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01  # never on biases or norm weights

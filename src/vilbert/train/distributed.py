@@ -32,17 +32,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto': this process's CUDA device under torchrun (LOCAL_RANK), else CUDA, MPS, CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def init_distributed(device: torch.device) -> bool:
     """Join the torchrun process group (nccl on CUDA, gloo elsewhere) when launched by torchrun.
 
@@ -77,17 +66,6 @@ def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: boo
     )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module inside a DDP (or torch.compile) wrapper: read attributes from this."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -98,15 +76,6 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
     """The epoch's permutation of example indices: a function of (seed, epoch) only."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_examples, generator=generator)
-
-
-def data_subset(num_examples: int, fraction: float, seed: int = 0) -> list[int]:
-    """A fixed share of the examples; smaller fractions are subsets of larger ones (same seed)."""
-    if fraction >= 1.0:
-        return list(range(num_examples))
-    keep = max(1, int(round(fraction * num_examples)))
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
-    return sorted(order[:keep].tolist())
 
 
 def shard(indices: list[int], parts: int, part: int) -> list[int]:

@@ -128,3 +128,13 @@ def _line(ax, rows: list[dict[str, float]], key: str, marker: str | None = None)
     if points:
         xs, ys = zip(*points)
         ax.plot(xs, ys, label=key, marker=marker)
+
+
+def last_row(path: str | Path) -> dict[str, str]:
+    """The last row of a run's CSV log (values as written), or {} when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}

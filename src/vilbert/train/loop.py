@@ -26,10 +26,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from vilbert.tasks.base import Task
+from vilbert.core.runtime import resolve_device
+from vilbert.core.subsets import data_subset
+from vilbert.core.task import Task
 from vilbert.train import distributed as D
 from vilbert.train.checkpoint import (
-    TrainerState, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from vilbert.train.config import TRAJECTORY_FIELDS, TrainConfig
 from vilbert.train.logging import RunLogger
@@ -89,7 +96,7 @@ class _Run:
         self.rank, self.world = D.rank(), D.world_size()
         dataset = task.dataset("train")
         if config.data_fraction < 1.0:
-            dataset = Subset(dataset, D.data_subset(len(dataset), config.data_fraction))
+            dataset = Subset(dataset, data_subset(len(dataset), config.data_fraction))
         if len(dataset) == 0:
             raise ValueError(f"task {task.name!r} has no training examples")
         self.dataset = dataset
@@ -238,7 +245,7 @@ def train(
     CUDA) and destroyed here unless the caller set it up. `resume=True` continues from the newest
     checkpoint in `out_dir` (or starts fresh when there is none).
     """
-    device = D.resolve_device(config.device)
+    device = resolve_device(config.device)
     created = D.init_distributed(device)
     try:
         return _train(model, task, config, Path(out_dir), resume, tuple(eval_splits), device)

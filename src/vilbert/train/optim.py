@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -86,23 +86,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_f
     warmup_steps = int(round(warmup_fraction * total_steps))
     return LambdaLR(optimizer, lambda step: warmup_linear_factor(step, total_steps, warmup_steps))
 
-
-def covering_prefixes(model: nn.Module, names: Iterable[str]) -> list[str]:
-    """A short list of module prefixes ("encoder.text_layers.0.") and parameter names that covers
-    exactly the parameters `names` of `model`: a module whose parameters all appear is named once.
-    Used to write "the weights loaded from BERT" into a run's config compactly."""
-    wanted = set(names)
-    params = dict(model.named_parameters())
-    unknown = sorted(wanted - set(params))
-    if unknown:
-        raise KeyError(f"{type(model).__name__} has no parameters {unknown[:5]}")
-    out, covered = [], set()
-    for module_name, module in model.named_modules():
-        if not module_name:
-            continue
-        inside = [f"{module_name}.{n}" for n, _ in module.named_parameters()]
-        if inside and all(n in wanted for n in inside) and not any(n in covered for n in inside):
-            out.append(module_name + ".")
-            covered.update(inside)
-    out.extend(sorted(wanted - covered))
-    return out

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vilbert.data.batch import Batch
-from vilbert.tasks.base import Task
+from vilbert.core.batch import Batch
+from vilbert.core.task import Task
 from vilbert.train.config import TrainConfig
+from vilbert.train.loop import train
 
 FEATURE_DIM = 6
 VOCAB = 50
@@ -113,8 +114,6 @@ class ToyTask(Task):
 
 def main(argv: list[str] | None = None) -> int:
     """Train the toy task (one process or under torchrun) and write the final weights' summary."""
-    from vilbert.train.loop import train
-
     parser = argparse.ArgumentParser(prog="python -m vilbert.train.toy")
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", default="{}", help="TrainConfig fields as JSON")

@@ -22,6 +22,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+
+from vilbert.core.regions import ImageRegions
+from vilbert.core.runtime import evaluating, model_device
+from vilbert.data.inputs import pair_inputs
+from vilbert.data.tokenizer import load_tokenizer
+from vilbert.io.atomic import save_png
 
 
 @dataclass
@@ -37,14 +44,11 @@ class AttentionMaps:
         return [i for i, t in enumerate(self.tokens) if t not in ("[CLS]", "[SEP]", "[PAD]")]
 
 
-def co_attention_maps(model: torch.nn.Module, text: str, regions, max_text_length: int = 36,
+def co_attention_maps(model: torch.nn.Module, text: str, regions: ImageRegions, max_text_length: int = 36,
                       max_regions: int = 36, layers: Sequence[int] | None = None) -> AttentionMaps:
     """Attention of one (text, regions) pair, averaged over heads and `layers` (default all)."""
-    from vilbert.data.tokenizer import load_tokenizer
-    from vilbert.tasks.common import evaluating, model_device, single_pair_inputs
-
     tokenizer = load_tokenizer()
-    inputs = single_pair_inputs(text, regions, max_text_length, max_regions, model_device(model))
+    inputs = pair_inputs(tokenizer, text, regions, max_text_length, max_regions, model_device(model))
     ids = inputs["input_ids"][0].tolist()
     with evaluating(model):
         out = model(**inputs, output_attentions=True)
@@ -78,9 +82,6 @@ def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-    from PIL import Image
-
-    from vilbert.io.atomic import save_png
 
     with Image.open(image_path) as img:
         image = np.asarray(img.convert("RGB"))

@@ -17,7 +17,7 @@ import json
 import multiprocessing
 import os
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -281,17 +281,16 @@ def _world_json(config: WorldConfig, splits: dict[str, list[int]]) -> dict:
             "splits": splits}
 
 
-def generate_world(out_dir: str | os.PathLike[str], num_images: int = 2000, seed: int = 0, *,
-                   workers: int = 1, image_size: int = 224, train_fraction: float = 0.8,
-                   val_fraction: float = 0.1, progress: bool = True, **options: int) -> Path:
+def generate_world(out_dir: str | os.PathLike[str], config: WorldConfig | None = None, *, workers: int = 1,
+                   progress: bool = True, **fields: Any) -> Path:
     """Generate (or finish, or reuse) a world in `out_dir`; returns the path of its world.json.
 
-    Rerunning with the same arguments reuses what exists (a finished world returns at once;
-    images already drawn are kept). A directory holding a world made with other arguments is
-    refused rather than mixed. `options` override other `WorldConfig` fields.
+    `config` (default `WorldConfig()`) with `fields` overriding its fields, e.g.
+    `generate_world(out, num_images=20, seed=3)`. Rerunning with the same settings reuses what
+    exists (a finished world returns at once; images already drawn are kept). A directory
+    holding a world made with other settings is refused rather than mixed.
     """
-    config = WorldConfig(num_images=num_images, seed=seed, image_size=image_size,
-                         train_fraction=train_fraction, val_fraction=val_fraction, **options)
+    config = replace(config or WorldConfig(), **fields)
     config.check()
     out = Path(out_dir)
     splits = split_ids(config)
@@ -300,7 +299,7 @@ def generate_world(out_dir: str | os.PathLike[str], num_images: int = 2000, seed
     if (out / "world.json").exists() and json.loads((out / "world.json").read_text()) == manifest:
         return out / "world.json"
     split_of = {i: s for s, ids in splits.items() for i in ids}
-    jobs = [(config, str(out), i, split_of[i]) for i in range(1, num_images + 1)]
+    jobs = [(config, str(out), i, split_of[i]) for i in range(1, config.num_images + 1)]
     (out / "images").mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         writer = _WorldWriter(out, config, stack)

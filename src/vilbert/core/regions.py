@@ -1,7 +1,8 @@
-"""Region features -> the visual stream's inputs: the [IMG] row, 5-d locations, padding.
+"""One image's regions as stored, and a batch of them as the visual stream takes them: the [IMG]
+row, 5-d locations, padding.
 
 Row 0 of every image is [IMG]: the mean of its real region features, at location [0,0,1,1,1].
-A region's location is [x1/W, y1/H, x2/W, y2/H, w*h/(W*H)] (SPEC section 1). Images are padded to
+A region's location is [x1/W, y1/H, x2/W, y2/H, w*h/(W*H)], as in the original. Images are padded to
 the batch's largest region count; `mask` is 1 on real rows ([IMG] included), 0 on padding.
 
 Dimension letters: B images, N real regions of one image, R rows per image after padding ([IMG]
@@ -16,21 +17,33 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from vilbert.features.store import ImageRegions
-
 IMG_LOCATION = (0.0, 0.0, 1.0, 1.0, 1.0)
 
 
 @dataclass
-class RegionInputs:
-    """One image's visual-stream inputs; unpacks as `features, locations = ...`."""
+class ImageRegions:
+    """The regions of one image, as a feature store holds them."""
 
-    features: torch.Tensor  # [N+1, D] float32, row 0 = [IMG]
-    locations: torch.Tensor  # [N+1, 5] float32, row 0 = [0,0,1,1,1]
-    cls_prob: torch.Tensor | None = None  # [N+1, C]; row 0 = mean of the regions' distributions
+    image_id: str
+    width: int
+    height: int
+    boxes: np.ndarray  # [N,4] float32, pixels x1,y1,x2,y2
+    features: np.ndarray  # [N,D] float32
+    cls_prob: np.ndarray | None = None  # [N,C] float32, the backbone's class distribution per region
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.features, self.locations))
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.shape != (n, 4) or self.features.ndim != 2 or self.features.shape[0] != n:
+            raise ValueError(
+                f"image {self.image_id!r}: boxes {self.boxes.shape} and features {self.features.shape} "
+                "must be [N,4] and [N,D]"
+            )
+        if self.cls_prob is not None and (self.cls_prob.ndim != 2 or self.cls_prob.shape[0] != n):
+            raise ValueError(f"image {self.image_id!r}: cls_prob {self.cls_prob.shape} must be [{n},C]")
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
 
 
 @dataclass
@@ -74,25 +87,6 @@ def _fill(regions: ImageRegions, n: int, features: np.ndarray, locations: np.nda
     if cls_prob is not None and regions.cls_prob is not None:
         cls_prob[1 : n + 1] = regions.cls_prob[:n]
         cls_prob[0] = regions.cls_prob[:n].mean(axis=0)
-
-
-def regions_to_inputs(regions: ImageRegions, max_regions: int | None = None) -> RegionInputs:
-    """One image's inputs: [IMG] + its first `max_regions` real regions (all if None).
-
-    `max_regions` counts real regions, not the [IMG] row: the result has min(N, max_regions)+1 rows.
-    Stored regions are in the extractor's order (best proposals first), so truncation keeps the best.
-    """
-    n = _rows(regions, max_regions)
-    features = np.empty((n + 1, regions.features.shape[1]), dtype=np.float32)
-    locations = np.empty((n + 1, 5), dtype=np.float32)
-    cls_prob = None
-    if regions.cls_prob is not None:
-        cls_prob = np.empty((n + 1, regions.cls_prob.shape[1]), dtype=np.float32)
-    _fill(regions, n, features, locations, cls_prob)
-    return RegionInputs(
-        torch.from_numpy(features), torch.from_numpy(locations),
-        None if cls_prob is None else torch.from_numpy(cls_prob),
-    )
 
 
 def collate_regions(items: Sequence[ImageRegions], max_regions: int | None = None) -> RegionBatch:

@@ -1,0 +1,130 @@
+"""The demo's stages, each a thin call of one pipeline with the demo's sizes.
+
+Layout under OUT: world/, features.lmdb, runs/pretrain/<model>/ (a pretraining run, its model in
+model/), runs/<row>/<task>/ (a fine-tuning run: model/, metrics.json, logs and curves).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vilbert.demo.rows import ModelSpec, Row
+from vilbert.demo.sizes import DemoSizes
+from vilbert.features.extract import ExtractConfig
+from vilbert.io.atomic import write_json
+from vilbert.pipelines import (
+    EvaluateRun,
+    FeaturesRun,
+    FinetuneRun,
+    ModelSource,
+    PretrainRun,
+    evaluate,
+    extract,
+    finetune,
+    pretrain,
+    train_config_for,
+)
+from vilbert.world import generate_world
+
+ZERO_SHOT = "zero_shot_retrieval"
+EXTRACT_BATCH = 16  # images per backbone batch
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)  # into the stage's log
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The stage bodies for one demo folder `out` and its sizes."""
+
+    out: Path
+    sizes: DemoSizes
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def features(self) -> Path:
+        return self.out / "features.lmdb"
+
+    def pretrain_dir(self, spec: ModelSpec) -> Path:
+        return self.out / "runs" / "pretrain" / spec.name
+
+    def run_dir(self, row: Row, task: str) -> Path:
+        return self.out / "runs" / row.key / task
+
+    def template(self, spec: ModelSpec) -> ModelSource:
+        """A model of the demo's preset with the spec's overrides, text stream from MiniLM."""
+        return ModelSource(preset=self.sizes.preset, overrides=dict(spec.overrides),
+                           text_init="minilm" if self.sizes.text_init else "none")
+
+    def row_model(self, row: Row) -> ModelSource:
+        """The row's starting point: its pretrained model, or a fresh one."""
+        if row.pretrained:
+            return ModelSource(directory=self.pretrain_dir(row.model) / "model")
+        return self.template(row.model)
+
+    def task_options(self, task: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_regions": self.sizes.max_regions}
+        if task in ("retrieval", ZERO_SHOT):
+            options["eval_images"] = self.sizes.retrieval_eval_images
+        return options
+
+    # -- the stages -------------------------------------------------------------------------------
+
+    def make_world(self) -> dict[str, Any]:
+        s = self.sizes
+        path = generate_world(self.world, num_images=s.images, seed=s.seed, image_size=s.image_size,
+                              train_fraction=s.train_fraction, val_fraction=s.val_fraction,
+                              max_objects=s.max_objects, max_proposals=s.max_proposals,
+                              captions_per_image=s.captions_per_image, vcr_per_image=s.vcr_per_image)
+        splits = json.loads(Path(path).read_text())["splits"]
+        return {"world": str(path), "images": {k: len(v) for k, v in splits.items()}}
+
+    def extract_features(self) -> dict[str, Any]:
+        report = extract(FeaturesRun(images=self.world / "images", out=self.features,
+                                     boxes=self.world / "proposals.json",
+                                     config=ExtractConfig(image_size=self.sizes.image_size, batch_size=EXTRACT_BATCH)))
+        if report.failed:
+            raise RuntimeError(f"{report.failed} images failed; see {self.features}/failures.jsonl")
+        return {"written": report.written, "skipped": report.skipped}
+
+    def pretrain(self, spec: ModelSpec) -> dict[str, Any]:
+        s = self.sizes
+        run = PretrainRun(
+            data=self.world, out=self.pretrain_dir(spec), features=self.features, model=self.template(spec),
+            text_lr_scale=s.pretrain_text_lr_scale, alignment_weight=s.alignment_weight, max_regions=s.max_regions,
+            train=train_config_for("pretrain", max_steps=s.pretrain_steps, batch_size=s.pretrain_batch,
+                                   lr=s.pretrain_lr, data_fraction=spec.data_fraction, seed=s.seed),
+            resume=True,
+        )
+        _log(f"pretrain {json.dumps(run.record())}")
+        result = pretrain(run, log=_log)
+        if result.model_dir is None:
+            raise RuntimeError(f"pretraining {spec.name} finished without a model in {run.out}")
+        return {"model": str(result.model_dir), "val": result.last_eval}
+
+    def finetune(self, row: Row, task: str) -> dict[str, Any]:
+        s, ft = self.sizes, self.sizes.finetune[task]
+        result = finetune(FinetuneRun(
+            task=task, data=self.world, out=self.run_dir(row, task), model=self.row_model(row),
+            features=self.features, options=self.task_options(task), reinit=ft.reinit,
+            text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
+            train=train_config_for(task, lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed),
+            eval_splits=(s.eval_split,), keep_checkpoints=False, resume=True,
+        ), log=_log)
+        return {"split": s.eval_split, "metrics": result.metrics[s.eval_split], "model": result.metrics["model"]}
+
+    def zero_shot(self, row: Row) -> dict[str, Any]:
+        """Retrieval scored by the pretrained alignment head, with no fine-tuning."""
+        s = self.sizes
+        result = evaluate(EvaluateRun(task=ZERO_SHOT, data=self.world, model=self.row_model(row), split=s.eval_split,
+                                      features=self.features, options=self.task_options(ZERO_SHOT), seed=s.seed),
+                          log=_log)
+        write_json(self.run_dir(row, ZERO_SHOT) / "metrics.json", result)
+        return {"split": s.eval_split, "metrics": result["metrics"]}
