@@ -4,6 +4,8 @@ both release layouts, the `module.` prefix, the original config, and damaged che
 from __future__ import annotations
 
 import json
+import os
+import pickle
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from vilbert.model.convert import (
     load_original_checkpoint,
 )
 from vilbert.model.vilbert import build_model
+from vilbert.tasks.vqa import head_answers
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -203,3 +206,36 @@ def test_any_original_schedule_runs_as_the_original(reference_dir, v_ids, t_ids,
     for stream in ("text_layers", "visual_layers"):
         keep = lambda seq: [x for x in seq if x.startswith((stream, "co_layers"))]  # noqa: E731
         assert keep(order) == keep(expected)
+
+
+def test_convert_answers_names_the_vqa_outputs(reference_dir, tmp_path, capsys):
+    """The original's trainval_label2ans.pkl (a pickled list) or a JSON list names the VQA head's
+    outputs in config.json; without one, asking for answers says how to add them."""
+    outputs = torch.load(reference_dir / "vl_tasks_outputs.pt", weights_only=True)["vil_prediction"].shape[1]
+    answers = [f"answer {i}" for i in range(outputs)]
+    pkl = tmp_path / "trainval_label2ans.pkl"
+    pkl.write_bytes(pickle.dumps(answers, protocol=2))
+    args = [str(reference_dir / "vl_tasks_model.bin"), "--config", str(reference_dir / "config.json")]
+    assert convert_main([*args, "--answers", str(pkl), "--out", str(tmp_path / "named")]) == 0
+    assert head_answers(load_pretrained(tmp_path / "named")) == answers
+    listed = tmp_path / "answers.json"
+    listed.write_text(json.dumps(answers[::-1]))
+    assert convert_main([*args, "--answers", str(listed), "--out", str(tmp_path / "json")]) == 0
+    assert head_answers(load_pretrained(tmp_path / "json")) == answers[::-1]
+
+    assert convert_main([*args, "--out", str(tmp_path / "unnamed")]) == 0
+    assert "add --answers" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--answers trainval_label2ans.pkl"):
+        head_answers(load_pretrained(tmp_path / "unnamed"))
+
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(answers[:-1]))
+    assert convert_main([*args, "--answers", str(short), "--out", str(tmp_path / "x")]) == 2
+    assert f"lists {outputs - 1} answers but the VQA head has {outputs} outputs" in capsys.readouterr().err
+    hostile = tmp_path / "hostile.pkl"
+    hostile.write_bytes(pickle.dumps(os.system))  # a global outside the allow-list
+    assert convert_main([*args, "--answers", str(hostile), "--out", str(tmp_path / "y")]) == 2
+    assert "refusing to unpickle" in capsys.readouterr().err
+    no_vqa = [str(reference_dir / "pretrain_model.bin"), "--config", str(reference_dir / "config.json")]
+    assert convert_main([*no_vqa, "--answers", str(pkl), "--out", str(tmp_path / "z")]) == 2
+    assert "no VQA head" in capsys.readouterr().err

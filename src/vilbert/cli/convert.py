@@ -21,13 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="original checkpoint (torch.save of a state dict), e.g. pytorch_model_9.bin")
     parser.add_argument("--config", required=True, help="the original config.json (e.g. bert_base_6layer_6conect.json)")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--answers", default=None,
+                        help="the VQA head's answer list: the original's trainval_label2ans.pkl (read through an "
+                             "allow-list unpickler) or a JSON list; stored in config.json so predict names answers")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    model, report = convert_original(args.checkpoint, args.config)
+    model, report = convert_original(args.checkpoint, args.config, args.answers)
     save_pretrained(model, args.out)
     print(f"{report.summary()}; heads: {', '.join(model.config.heads) or '(none)'}")
+    if "vqa" in model.config.heads and not model.config.heads["vqa"].get("answers"):
+        print("  the VQA head has no answer list: add --answers trainval_label2ans.pkl to name its outputs")
     for key in report.ignored:
         print(f"  ignored (unused by the model): {key}")
     print(f"wrote {args.out}")

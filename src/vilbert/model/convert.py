@@ -18,6 +18,7 @@ original's separate query/key/value weights are concatenated (in that order) alo
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file
 
+from vilbert.io.safe_pickle import safe_loads
 from vilbert.model.config import ViLBertConfig
 from vilbert.model.vilbert import ViLBert, build_model
 
@@ -297,11 +299,47 @@ def load_original_checkpoint(path: str | Path) -> StateDict:
     return state
 
 
-def convert_original(checkpoint: str | Path, original_config: str | Path) -> tuple[ViLBert, ConversionReport]:
-    """Read an original checkpoint and its config.json and return our model (eval mode) + report."""
+def read_answers(path: str | Path) -> list[str]:
+    """The original's VQA answer list: a pickle of the list (`trainval_label2ans.pkl`, read through
+    the allow-list unpickler) or a JSON list of strings, index = the head's output."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"answer list {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        answers = json.loads(raw) if path.suffix == ".json" else safe_loads(raw, str(path))
+    except (ValueError, pickle.UnpicklingError, EOFError) as err:
+        raise ConversionError(f"cannot read {path} as an answer list (a pickled or JSON list of strings): {err}") from err
+    if isinstance(answers, dict):  # label2ans saved as {index: answer}
+        if sorted(answers) != list(range(len(answers))):
+            raise ConversionError(f"{path}: a dict answer list must map 0..N-1 to answers")
+        answers = [answers[i] for i in range(len(answers))]
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise ConversionError(f"{path}: expected a list of answer strings, got {type(answers).__name__}")
+    return answers
+
+
+def with_answers(config: ViLBertConfig, answers: list[str], source: str) -> ViLBertConfig:
+    """`config` with its VQA head naming `answers` (one per output, in order)."""
+    if "vqa" not in config.heads:
+        raise ConversionError(f"{source}: the checkpoint has no VQA head to name answers for "
+                              f"(its heads: {', '.join(config.heads) or 'none'})")
+    outputs = config.heads["vqa"].get("num_answers")
+    if outputs != len(answers):
+        raise ConversionError(f"{source} lists {len(answers)} answers but the VQA head has {outputs} outputs")
+    heads = {**config.heads, "vqa": {**config.heads["vqa"], "answers": list(answers)}}
+    return ViLBertConfig.from_dict({**config.to_dict(), "heads": heads})
+
+
+def convert_original(checkpoint: str | Path, original_config: str | Path,
+                     answers: str | Path | None = None) -> tuple[ViLBert, ConversionReport]:
+    """Read an original checkpoint and its config.json (and, for a VQA head, its answer list) and
+    return our model (eval mode) + report."""
     config = config_from_original(original_config)
     state = load_original_checkpoint(checkpoint)
     config, converted, report = convert_original_checkpoint(state, config, what=str(checkpoint))
+    if answers is not None:
+        config = with_answers(config, read_answers(answers), str(answers))
     model = build_model(config)
     model.load_state_dict(converted, strict=True)
     return model.eval(), report

@@ -103,7 +103,11 @@ def head_answers(model: nn.Module, fallback: Sequence[str] | None = None) -> lis
     head = heads[HEAD]
     answers = getattr(head, "answers", None)
     if answers is None:
-        if fallback is None or len(fallback) != head.fc2.out_features:
+        if fallback is None:
+            raise ValueError(f"the model's {HEAD!r} head has {head.fc2.out_features} outputs but no answer list; a "
+                             "converted checkpoint gets one with `vilbert convert CKPT --config CONFIG "
+                             "--answers trainval_label2ans.pkl --out DIR`")
+        if len(fallback) != head.fc2.out_features:
             raise ValueError(f"the model's {HEAD!r} head has {head.fc2.out_features} outputs but no answer list, "
                              f"and the task's vocabulary ({len(fallback or [])} answers) does not fit it")
         answers = list(fallback)
