@@ -112,3 +112,27 @@ def test_dataloader_workers_read_the_store(tmp_path):
     loader = torch.utils.data.DataLoader(store.ids(), batch_size=2, num_workers=2, collate_fn=store.get_many)
     counts = [int(b.mask.sum()) for b in loader]
     assert counts == [2 + 3, 4 + 5]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_detector_extras_round_trip_and_older_records_read(tmp_path, dtype):
+    """A detector's per-region score, class and attribute survive the store; a record without
+    them (every record written before they existed) reads with None there."""
+    base = _regions("1", 5, seed=3)
+    rng = np.random.default_rng(4)
+    full = ImageRegions(base.image_id, base.width, base.height, base.boxes, base.features, base.cls_prob,
+                        scores=rng.uniform(0, 1, 5).astype(np.float32), objects=np.arange(5, dtype=np.int32) * 7,
+                        attributes=np.array([0, 399, 3, 2, 1], dtype=np.int32))
+    partial = ImageRegions("2", 100, 80, base.boxes[:2], base.features[:2], base.cls_prob[:2],
+                           objects=np.array([1, 2], dtype=np.int32))
+    _write(tmp_path / "s", [full, partial, _regions("3", 2, seed=5)], dtype=dtype)
+    store = FeatureStore(tmp_path / "s")
+    got = store["1"]
+    np.testing.assert_array_equal(got.scores, full.scores)
+    assert got.objects.tolist() == full.objects.tolist() and got.attributes.tolist() == full.attributes.tolist()
+    assert got.objects.dtype == np.int32
+    assert store["2"].objects.tolist() == [1, 2] and store["2"].scores is None and store["2"].attributes is None
+    plain = store["3"]
+    assert plain.scores is None and plain.objects is None and plain.attributes is None
+    with pytest.raises(ValueError, match=r"objects \(3,\) must be \[2\]"):
+        ImageRegions("x", 10, 10, base.boxes[:2], base.features[:2], objects=np.zeros(3, np.int32))

@@ -30,6 +30,11 @@ class ImageRegions:
     boxes: np.ndarray  # [N,4] float32, pixels x1,y1,x2,y2
     features: np.ndarray  # [N,D] float32
     cls_prob: np.ndarray | None = None  # [N,C] float32, the backbone's class distribution per region
+    # What a detector said of each region (None for annotation or grid boxes): its confidence, its
+    # class and its attribute, as ids into the store's `objects_vocab` / `attributes_vocab`.
+    scores: np.ndarray | None = None  # [N] float32
+    objects: np.ndarray | None = None  # [N] int32
+    attributes: np.ndarray | None = None  # [N] int32
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -40,6 +45,10 @@ class ImageRegions:
             )
         if self.cls_prob is not None and (self.cls_prob.ndim != 2 or self.cls_prob.shape[0] != n):
             raise ValueError(f"image {self.image_id!r}: cls_prob {self.cls_prob.shape} must be [{n},C]")
+        for name in ("scores", "objects", "attributes"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise ValueError(f"image {self.image_id!r}: {name} {np.shape(value)} must be [{n}]")
 
     @property
     def num_boxes(self) -> int:

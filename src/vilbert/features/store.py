@@ -4,7 +4,10 @@ Layout (LMDB directory, `data.mdb` + `lock.mdb`):
     b"__meta__"        JSON: format, version, backbone, feature_dim, num_classes, dtype, ...
     b"img/" + id       one record: a 32-byte header, then raw little-endian arrays
                        boxes [N,4] float32 | features [N,D] dtype | cls_prob [N,C] dtype (if C > 0)
-Header: magic b"VRG1", width, height, N, D, C (uint32), dtype code (uint8: 0 float32, 1 float16).
+                       | scores [N] float32 | objects [N] int32 | attributes [N] int32 (each if flagged)
+Header: magic b"VRG1", width, height, N, D, C (uint32), dtype code (uint8: 0 float32, 1 float16),
+flags (uint8: 1 scores, 2 objects, 4 attributes; 0 in records written before they existed).
+A detector's class and attribute names are the metadata's `objects_vocab` / `attributes_vocab`.
 
 Records are read with `numpy.frombuffer`; a whole batch is read in one read transaction
 (`get_many`). Writes go in transactions of whole images, so a killed job keeps every image it
@@ -28,11 +31,13 @@ FORMAT = "vilbert-regions"
 VERSION = 1
 META_KEY = b"__meta__"
 IMAGE_PREFIX = b"img/"
-_HEADER = struct.Struct("<4sIIIIIB7x")  # 32 bytes, keeps the arrays 4-byte aligned
+_HEADER = struct.Struct("<4sIIIIIBB6x")  # 32 bytes, keeps the arrays 4-byte aligned
 _MAGIC = b"VRG1"
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _DTYPE_CODES = {"float32": 0, "float16": 1}
 _MAP_SIZE = 1 << 40  # virtual address space only; the file grows with its content
+# Per-region extras after the arrays: (field, flag bit, dtype).
+_EXTRAS = (("scores", 1, np.dtype("<f4")), ("objects", 2, np.dtype("<i4")), ("attributes", 4, np.dtype("<i4")))
 
 
 class MissingImageError(KeyError):
@@ -47,14 +52,17 @@ def encode_record(regions: ImageRegions, dtype: str = "float32") -> bytes:
     code = _DTYPE_CODES[dtype]
     np_dtype = _DTYPES[code]
     num_classes = 0 if regions.cls_prob is None else int(regions.cls_prob.shape[1])
+    extras = [(getattr(regions, name), dtype) for name, _, dtype in _EXTRAS]
+    flags = sum(bit for (name, bit, _) in _EXTRAS if getattr(regions, name) is not None)
     header = _HEADER.pack(
         _MAGIC, int(regions.width), int(regions.height), regions.num_boxes, int(regions.features.shape[1]),
-        num_classes, code,
+        num_classes, code, flags,
     )
     parts = [header, np.ascontiguousarray(regions.boxes, dtype="<f4").tobytes()]
     parts.append(np.ascontiguousarray(regions.features, dtype=np_dtype).tobytes())
     if regions.cls_prob is not None:
         parts.append(np.ascontiguousarray(regions.cls_prob, dtype=np_dtype).tobytes())
+    parts += [np.ascontiguousarray(value, dtype=dtype).tobytes() for value, dtype in extras if value is not None]
     return b"".join(parts)
 
 
@@ -62,11 +70,12 @@ def decode_record(image_id: str, data: bytes, source: str = "<record>") -> Image
     """Parse one record; float16 arrays come back as float32."""
     if len(data) < _HEADER.size:
         raise ValueError(f"{source}: record for image {image_id!r} is truncated ({len(data)} bytes)")
-    magic, width, height, n, d, c, code = _HEADER.unpack_from(data)
+    magic, width, height, n, d, c, code, flags = _HEADER.unpack_from(data)
     if magic != _MAGIC or code not in _DTYPES:
         raise ValueError(f"{source}: record for image {image_id!r} is not a vilbert region record")
     dtype = _DTYPES[code]
-    expected = _HEADER.size + n * 16 + n * (d + c) * dtype.itemsize
+    present = [(name, extra) for name, bit, extra in _EXTRAS if flags & bit]
+    expected = _HEADER.size + n * 16 + n * (d + c) * dtype.itemsize + sum(n * extra.itemsize for _, extra in present)
     if len(data) != expected:
         raise ValueError(f"{source}: record for image {image_id!r} has {len(data)} bytes, expected {expected}")
     offset = _HEADER.size
@@ -75,7 +84,12 @@ def decode_record(image_id: str, data: bytes, source: str = "<record>") -> Image
     features = np.frombuffer(data, dtype, n * d, offset).reshape(n, d).astype(np.float32)
     offset += n * d * dtype.itemsize
     cls_prob = np.frombuffer(data, dtype, n * c, offset).reshape(n, c).astype(np.float32) if c else None
-    return ImageRegions(image_id, int(width), int(height), boxes, features, cls_prob)
+    offset += n * c * dtype.itemsize
+    extras = {}
+    for name, extra in present:
+        extras[name] = np.frombuffer(data, extra, n, offset).astype(extra.newbyteorder("="))
+        offset += n * extra.itemsize
+    return ImageRegions(image_id, int(width), int(height), boxes, features, cls_prob, **extras)
 
 
 # One read-only environment per store path and process. py-lmdb refuses to open the same files
@@ -251,7 +265,7 @@ class FeatureStoreWriter:
     def _check_dims(self, records: list[tuple[bytes, bytes]]) -> None:
         want_d, want_c = self.meta.get("feature_dim"), self.meta.get("num_classes")
         for key, value in records:
-            _, _, _, _, d, c, _ = _HEADER.unpack_from(value)
+            _, _, _, _, d, c, _, _ = _HEADER.unpack_from(value)
             if (want_d is not None and d != want_d) or (want_c is not None and c != want_c):
                 raise ValueError(
                     f"image {key[len(IMAGE_PREFIX):].decode()!r} has feature dim {d} and {c} classes; "
