@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from vilbert.cli.common import JobFailed, add_runtime_args, run_command
-from vilbert.features.extract import FAILURES_FILE, ExtractConfig
+from vilbert.features.extract import ExtractConfig
+from vilbert.features.fill import FAILURES_FILE
 from vilbert.features.legacy import import_legacy
 from vilbert.pipelines.features import FeaturesRun, extract
 

@@ -9,33 +9,25 @@ images of the batch, so neither do an image's features.
 A region's vector is the mean of its RoIAlign bins on the final 1280-channel map (the input the
 ImageNet classifier expects); `cls_prob` is that classifier's softmax on the vector.
 
-Jobs resume: ids already in the store are skipped. An image that cannot be read is reported with
-its path, written to `STORE/failures.jsonl` (the failures of the latest run; a rerun retries
-them), and the job goes on. Each batch is committed in one
-LMDB transaction, so a killed job keeps every batch it finished.
+Jobs resume and record failures as `vilbert.features.fill` does.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from tqdm import tqdm
+from PIL import Image
 
 from vilbert.core.regions import ImageRegions
 from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
 from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes
+from vilbert.features.fill import ExtractReport, fill_store, read_rgb
 from vilbert.features.roi_align import roi_align_pooled
-from vilbert.features.store import FeatureStoreWriter
 
-FAILURES_FILE = "failures.jsonl"
 DetectorFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -76,43 +68,18 @@ class Prepared:
     boxes: np.ndarray  # [N,4] float32
 
 
-@dataclass
-class Failure:
-    image_id: str
-    path: str
-    error: str
+class _Letterbox:
+    """Decode, choose boxes, letterbox onto the canvas (runs in DataLoader workers)."""
 
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes, chooses boxes and letterboxes; runs in DataLoader workers."""
-
-    def __init__(self, entries: Sequence[ImageEntry], config: ExtractConfig,
-                 detector: DetectorFn | None, detector_name: str) -> None:
-        self.entries = entries
+    def __init__(self, config: ExtractConfig, detector: DetectorFn | None, detector_name: str) -> None:
         self.config = config
         self.detector = detector
         self.detector_name = detector_name
         self.fill = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> Prepared | Failure:
-        entry = self.entries[index]
-        try:
-            return self._prepare(entry)
-        except Exception as err:  # noqa: BLE001 - any bad image is recorded, the job goes on
-            return Failure(entry.image_id, str(entry.path), f"{type(err).__name__}: {err}")
-
-    def _prepare(self, entry: ImageEntry) -> Prepared:
-        with Image.open(entry.path) as img:
-            # Pixels as a viewer shows them (EXIF orientation applied, as OpenCV's imread does);
-            # boxes in a boxes file refer to that orientation.
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            img.load()
+    def __call__(self, entry: ImageEntry) -> Prepared:
+        img = read_rgb(entry)
         width, height = img.size
-        if entry.width is not None and (entry.width, entry.height) != (width, height):
-            raise ValueError(f"image is {width}x{height} but the boxes file says {entry.width}x{entry.height}")
         boxes = self._boxes(entry, img, width, height)
         side = self.config.image_size
         scale = side / max(width, height)
@@ -136,10 +103,6 @@ class _ImageDataset(torch.utils.data.Dataset):
         boxes = clip_boxes(boxes, width, height)
         keep = select_boxes(boxes, scores, cfg.min_boxes, cfg.max_boxes, cfg.iou_threshold, cfg.score_threshold)
         return boxes[keep]
-
-
-def _as_list(batch: list) -> list:
-    return batch
 
 
 @torch.inference_mode()
@@ -181,18 +144,6 @@ def store_meta(backbone: Backbone, config: ExtractConfig, boxes_source: str) -> 
     }
 
 
-@dataclass
-class ExtractReport:
-    written: int
-    skipped: int
-    failed: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
-
-
 def extract_features(
     entries: Sequence[ImageEntry],
     out: str | Path,
@@ -208,27 +159,7 @@ def extract_features(
     backbone = backbone or load_backbone(config.backbone, output_stride=config.output_stride)
     if backbone.info.stride != config.output_stride:
         raise ValueError(f"backbone has output stride {backbone.info.stride}, config asks {config.output_stride}")
-    out = Path(out)
-    with FeatureStoreWriter(out, store_meta(backbone, config, boxes_source)) as writer:
-        done = writer.existing_ids()
-        todo = [e for e in entries if e.image_id not in done]
-        dataset = _ImageDataset(todo, config, detector, boxes_source)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list,
-        )
-        written = failed = 0
-        start = time.perf_counter()
-        with open(out / FAILURES_FILE, "w") as failures, tqdm(
-            total=len(todo), unit="img", desc=f"features -> {out.name}", disable=not progress
-        ) as bar:
-            for batch in loader:
-                good = [p for p in batch if isinstance(p, Prepared)]
-                for bad in (p for p in batch if isinstance(p, Failure)):
-                    tqdm.write(f"vilbert features: skipping {bad.path}: {bad.error}", file=sys.stderr)
-                    failures.write(json.dumps(asdict(bad)) + "\n")
-                    failures.flush()
-                    failed += 1
-                if good:
-                    written += writer.put_many(regions_for_batch(backbone, good, config))
-                bar.update(len(batch))
-        return ExtractReport(written, len(entries) - len(todo), failed, time.perf_counter() - start)
+    prepare = _Letterbox(config, detector, boxes_source)
+    return fill_store(entries, out, store_meta(backbone, config, boxes_source), prepare,
+                      lambda items: regions_for_batch(backbone, items, config), config.batch_size, config.workers,
+                      progress)

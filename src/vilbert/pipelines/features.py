@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vilbert.features.boxes import images_in_folder, load_detector, read_coco_boxes, read_vcr_boxes
-from vilbert.features.extract import ExtractConfig, ExtractReport, extract_features
+from vilbert.features.extract import ExtractConfig, extract_features
+from vilbert.features.fill import ExtractReport
 
 
 @dataclass
