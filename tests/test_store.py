@@ -1,11 +1,13 @@
 """The LMDB region store: round trip, float16, lookups, errors, batch reads."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from vilbert.core.regions import ImageRegions
-from vilbert.features.store import FeatureStore, FeatureStoreWriter, MissingImageError
+from vilbert.features.store import DamagedStoreError, FeatureStore, FeatureStoreWriter, MissingImageError
 
 
 def _regions(image_id: str, n: int, d: int = 6, c: int | None = 4, seed: int = 0) -> ImageRegions:
@@ -136,3 +138,38 @@ def test_detector_extras_round_trip_and_older_records_read(tmp_path, dtype):
     assert plain.scores is None and plain.objects is None and plain.attributes is None
     with pytest.raises(ValueError, match=r"objects \(3,\) must be \[2\]"):
         ImageRegions("x", 10, 10, base.boxes[:2], base.features[:2], objects=np.zeros(3, np.int32))
+
+
+def test_flipped_bytes_in_a_record_are_an_error_naming_the_image(tmp_path):
+    items = [_regions(str(i), 8, d=64, c=16, seed=i) for i in range(4)]
+    _write(tmp_path / "s", items, d=64, c=16)
+    data = tmp_path / "s" / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    at = raw.find(items[2].features.tobytes()[:64])  # image "2"'s features, as LMDB keeps them
+    assert at > 0
+    raw[at + 100 : at + 108] = bytes(b ^ 0xFF for b in raw[at + 100 : at + 108])
+    data.write_bytes(bytes(raw))
+    store = FeatureStore(tmp_path / "s")
+    np.testing.assert_array_equal(store["1"].features, items[1].features)  # the others read as written
+    with pytest.raises(DamagedStoreError, match=r"image '2' does not match its checksum"):
+        store["2"]
+    with pytest.raises(DamagedStoreError, match=str(tmp_path / "s")):
+        store.get_many(["1", "2"])
+
+
+def test_a_store_cut_short_is_refused_on_open_not_a_sigbus(tmp_path):
+    _write(tmp_path / "s", [_regions(str(i), 36, d=256, c=None, seed=i) for i in range(40)], d=256, c=0)
+    data = tmp_path / "s" / "data.mdb"
+    os.truncate(data, data.stat().st_size - 4096)  # one page short
+    with pytest.raises(DamagedStoreError, match=r"is damaged: data.mdb holds \d+ bytes but its pages need"):
+        FeatureStore(tmp_path / "s")
+    with pytest.raises(DamagedStoreError, match="is damaged"):
+        FeatureStoreWriter(tmp_path / "s", {"backbone": "test", "feature_dim": 256, "num_classes": 0})
+
+
+def test_non_finite_regions_are_not_written(tmp_path):
+    bad = _regions("7", 3)
+    bad.boxes[1, 2] = np.nan
+    with pytest.raises(ValueError, match="image '7': boxes of region 1 is not finite"):
+        _write(tmp_path / "s", [_regions("1", 2), bad])
+    assert "1" not in FeatureStore(tmp_path / "s")  # the batch is one transaction: nothing of it written

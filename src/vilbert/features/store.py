@@ -6,8 +6,13 @@ Layout (LMDB directory, `data.mdb` + `lock.mdb`):
                        boxes [N,4] float32 | features [N,D] dtype | cls_prob [N,C] dtype (if C > 0)
                        | scores [N] float32 | objects [N] int32 | attributes [N] int32 (each if flagged)
 Header: magic b"VRG1", width, height, N, D, C (uint32), dtype code (uint8: 0 float32, 1 float16),
-flags (uint8: 1 scores, 2 objects, 4 attributes; 0 in records written before they existed).
+flags (uint8: 1 scores, 2 objects, 4 attributes, 8 checksummed; 0 in records written before they
+existed), then 48 bits of the xxh3-64 hash of the header's first 26 bytes and the arrays.
 A detector's class and attribute names are the metadata's `objects_vocab` / `attributes_vocab`.
+
+Reads verify each record's checksum (flipped bits are an error naming the image and the store, not
+a silently different number), and opening a store checks that its file holds every page LMDB
+expects (a cut-short copy would otherwise kill the process with SIGBUS on the first read).
 
 Records are read with `numpy.frombuffer`; a whole batch is read in one read transaction
 (`get_many`). Writes go in transactions of whole images, so a killed job keeps every image it
@@ -24,6 +29,7 @@ from typing import Any, Iterable, Iterator
 
 import lmdb
 import numpy as np
+import xxhash
 
 from vilbert.core.regions import ImageRegions, RegionBatch, collate_regions
 
@@ -31,13 +37,26 @@ FORMAT = "vilbert-regions"
 VERSION = 1
 META_KEY = b"__meta__"
 IMAGE_PREFIX = b"img/"
-_HEADER = struct.Struct("<4sIIIIIBB6x")  # 32 bytes, keeps the arrays 4-byte aligned
+_HEADER = struct.Struct("<4sIIIIIBBHI")  # 32 bytes, keeps the arrays 4-byte aligned
+_HASHED = 26  # header bytes covered by the checksum (all but the checksum itself)
+FLAGS_OFFSET = 25  # where the flags byte sits in the header
+CHECKSUMMED = 8  # flag bit
 _MAGIC = b"VRG1"
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _DTYPE_CODES = {"float32": 0, "float16": 1}
 _MAP_SIZE = 1 << 40  # virtual address space only; the file grows with its content
 # Per-region extras after the arrays: (field, flag bit, dtype).
 _EXTRAS = (("scores", 1, np.dtype("<f4")), ("objects", 2, np.dtype("<i4")), ("attributes", 4, np.dtype("<i4")))
+
+
+class DamagedStoreError(ValueError):
+    """A store whose file or record is not what was written; the message says which and what to do."""
+
+
+def _checksum(header: bytes, body: bytes | memoryview) -> tuple[int, int]:
+    """(high 16, low 32) bits of the 48 the header keeps of the record's xxh3-64 hash."""
+    digest = xxhash.xxh3_64_intdigest(body, seed=xxhash.xxh3_64_intdigest(header[:_HASHED])) & ((1 << 48) - 1)
+    return digest >> 32, digest & 0xFFFFFFFF
 
 
 class MissingImageError(KeyError):
@@ -53,31 +72,34 @@ def encode_record(regions: ImageRegions, dtype: str = "float32") -> bytes:
     np_dtype = _DTYPES[code]
     num_classes = 0 if regions.cls_prob is None else int(regions.cls_prob.shape[1])
     extras = [(getattr(regions, name), dtype) for name, _, dtype in _EXTRAS]
-    flags = sum(bit for (name, bit, _) in _EXTRAS if getattr(regions, name) is not None)
-    header = _HEADER.pack(
-        _MAGIC, int(regions.width), int(regions.height), regions.num_boxes, int(regions.features.shape[1]),
-        num_classes, code, flags,
-    )
-    parts = [header, np.ascontiguousarray(regions.boxes, dtype="<f4").tobytes()]
+    flags = CHECKSUMMED | sum(bit for (name, bit, _) in _EXTRAS if getattr(regions, name) is not None)
+    fields = (_MAGIC, int(regions.width), int(regions.height), regions.num_boxes, int(regions.features.shape[1]),
+              num_classes, code, flags)
+    parts = [np.ascontiguousarray(regions.boxes, dtype="<f4").tobytes()]
     parts.append(np.ascontiguousarray(regions.features, dtype=np_dtype).tobytes())
     if regions.cls_prob is not None:
         parts.append(np.ascontiguousarray(regions.cls_prob, dtype=np_dtype).tobytes())
     parts += [np.ascontiguousarray(value, dtype=dtype).tobytes() for value, dtype in extras if value is not None]
-    return b"".join(parts)
+    body = b"".join(parts)
+    high, low = _checksum(_HEADER.pack(*fields, 0, 0), body)
+    return _HEADER.pack(*fields, high, low) + body
 
 
 def decode_record(image_id: str, data: bytes, source: str = "<record>") -> ImageRegions:
     """Parse one record; float16 arrays come back as float32."""
     if len(data) < _HEADER.size:
-        raise ValueError(f"{source}: record for image {image_id!r} is truncated ({len(data)} bytes)")
-    magic, width, height, n, d, c, code, flags = _HEADER.unpack_from(data)
+        raise DamagedStoreError(f"{source}: record for image {image_id!r} is truncated ({len(data)} bytes)")
+    magic, width, height, n, d, c, code, flags, high, low = _HEADER.unpack_from(data)
     if magic != _MAGIC or code not in _DTYPES:
-        raise ValueError(f"{source}: record for image {image_id!r} is not a vilbert region record")
+        raise DamagedStoreError(f"{source}: record for image {image_id!r} is not a vilbert region record")
     dtype = _DTYPES[code]
     present = [(name, extra) for name, bit, extra in _EXTRAS if flags & bit]
     expected = _HEADER.size + n * 16 + n * (d + c) * dtype.itemsize + sum(n * extra.itemsize for _, extra in present)
     if len(data) != expected:
-        raise ValueError(f"{source}: record for image {image_id!r} has {len(data)} bytes, expected {expected}")
+        raise DamagedStoreError(f"{source}: record for image {image_id!r} has {len(data)} bytes, expected {expected}")
+    if flags & CHECKSUMMED and _checksum(bytes(data[:_HASHED]), memoryview(data)[_HEADER.size:]) != (high, low):
+        raise DamagedStoreError(f"{source}: the record of image {image_id!r} does not match its checksum (damaged "
+                                "on disk or in a copy); extract that image again, or restore the store")
     offset = _HEADER.size
     boxes = np.frombuffer(data, "<f4", n * 4, offset).reshape(n, 4).copy()
     offset += n * 16
@@ -107,15 +129,40 @@ def _shared_env(path: Path) -> lmdb.Environment:
         # Without a lock file (lock=False), closing the child's copy only unmaps child memory.
         entry[1].close()
     # lock=False: readers never write; readahead=False: access is random.
-    env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_readers=512, subdir=True)
+    try:
+        env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_readers=512, subdir=True)
+    except lmdb.Error as err:
+        raise DamagedStoreError(f"cannot open the feature store {path}: {err}") from err
+    _check_complete(path, env)
     _ENVS[key] = (os.getpid(), env)
     return env
+
+
+def _check_complete(path: Path, env: lmdb.Environment) -> None:
+    """The data file must hold every page up to the last one LMDB uses: reading a page past the
+    end of a cut-short file is a SIGBUS, not an exception."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < needed:
+        env.close()
+        raise DamagedStoreError(f"feature store {path} is damaged: data.mdb holds {size} bytes but its pages "
+                                f"need {needed} (a copy cut short?); restore it, or delete it and extract again")
 
 
 def _close_shared(path: Path) -> None:
     entry = _ENVS.pop(str(path.resolve()), None)
     if entry is not None:
         entry[1].close()
+
+
+def _check_finite(regions: ImageRegions, store: Path) -> None:
+    """No NaN or infinity goes into a store: it would come out as a NaN loss that names nothing."""
+    for name in ("boxes", "features", "cls_prob", "scores"):
+        value = getattr(regions, name)
+        if value is not None and not np.isfinite(value).all():
+            row = int(np.argwhere(~np.isfinite(value))[0][0])
+            raise ValueError(f"image {regions.image_id!r}: {name} of region {row} is not finite; "
+                             f"not written to {store}")
 
 
 def _image_key(image_id: str) -> bytes:
@@ -144,7 +191,12 @@ class FeatureStore:
             raw = txn.get(META_KEY)
         if raw is None:
             raise ValueError(f"{self.path} is an LMDB without vilbert region metadata (key {META_KEY!r})")
-        meta = json.loads(raw)
+        try:
+            meta = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DamagedStoreError(f"{self.path}: the store's metadata is not JSON ({err}); the store is damaged") from err
+        if not isinstance(meta, dict):
+            raise DamagedStoreError(f"{self.path}: the store's metadata is a {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{self.path}: format {meta.get('format')!r} is not {FORMAT!r}")
         return meta
@@ -178,7 +230,11 @@ class FeatureStore:
         )
 
     def _get(self, txn: lmdb.Transaction, image_id: str) -> ImageRegions:
-        raw = txn.get(_image_key(image_id))
+        try:
+            raw = txn.get(_image_key(image_id))
+        except lmdb.Error as err:
+            raise DamagedStoreError(f"feature store {self.path} is damaged (reading image {image_id!r}: {err}); "
+                                    "restore it, or delete it and extract again") from err
         if raw is None:
             raise self._missing(image_id)
         return decode_record(image_id, raw, str(self.path))
@@ -219,12 +275,20 @@ class FeatureStoreWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         _close_shared(self.path)  # a reader's handle in this process would block the open
-        self._env = lmdb.open(str(self.path), map_size=_MAP_SIZE, subdir=True, readahead=False)
+        try:
+            self._env = lmdb.open(str(self.path), map_size=_MAP_SIZE, subdir=True, readahead=False)
+        except lmdb.Error as err:
+            raise DamagedStoreError(f"cannot open the feature store {self.path} for writing: {err}") from err
+        _check_complete(self.path, self._env)
         self.meta = {"format": FORMAT, "version": VERSION, "dtype": "float32", **meta}
         with self._env.begin(write=True) as txn:
             raw = txn.get(META_KEY)
             if raw is not None:
-                self._check_compatible(json.loads(raw))
+                try:
+                    existing = json.loads(raw)
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise DamagedStoreError(f"{self.path}: the store's metadata is not JSON ({err})") from err
+                self._check_compatible(existing)
             else:
                 txn.put(META_KEY, json.dumps(self.meta).encode("utf-8"))
 
@@ -255,6 +319,9 @@ class FeatureStoreWriter:
     def put_many(self, regions: Iterable[ImageRegions]) -> int:
         """Write images (replacing any with the same id) in one transaction; returns the count."""
         dtype = self.meta["dtype"]
+        regions = list(regions)
+        for r in regions:
+            _check_finite(r, self.path)
         records = [(_image_key(r.image_id), encode_record(r, dtype)) for r in regions]
         self._check_dims(records)
         with self._env.begin(write=True) as txn:
@@ -265,7 +332,7 @@ class FeatureStoreWriter:
     def _check_dims(self, records: list[tuple[bytes, bytes]]) -> None:
         want_d, want_c = self.meta.get("feature_dim"), self.meta.get("num_classes")
         for key, value in records:
-            _, _, _, _, d, c, _, _ = _HEADER.unpack_from(value)
+            _, _, _, _, d, c, _, _, _, _ = _HEADER.unpack_from(value)
             if (want_d is not None and d != want_d) or (want_c is not None and c != want_c):
                 raise ValueError(
                     f"image {key[len(IMAGE_PREFIX):].decode()!r} has feature dim {d} and {c} classes; "
