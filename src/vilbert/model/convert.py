@@ -73,12 +73,22 @@ class ConversionReport:
 
 def config_from_original(original: dict[str, Any] | str | Path, heads: dict[str, dict] | None = None) -> ViLBertConfig:
     """The original code's BertConfig JSON (dict or path) as a ViLBertConfig."""
+    source = "original config"
     if not isinstance(original, dict):
-        original = json.loads(Path(original).read_text())
+        source = str(original)
+        try:
+            original = json.loads(Path(original).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConversionError(f"cannot read the original config {source}: {err}") from err
+        if not isinstance(original, dict):
+            raise ConversionError(f"{source}: expected a JSON object of settings, got {type(original).__name__}")
     data = {k: original[k] for k in _SAME_NAME if k in original}
     for key in ("v_biattention_id", "t_biattention_id"):
         if key not in original:
-            raise ConversionError(f"original config has no {key!r}: is it a ViLBERT config?")
+            raise ConversionError(f"{source} has no {key!r}: is it a ViLBERT config?")
+    for key in ("v_biattention_id", "t_biattention_id"):
+        if not isinstance(original[key], list):
+            raise ConversionError(f"{source}: {key}={original[key]!r} is not a list of layer indices")
     data["coattention_before_visual_layer"] = list(original["v_biattention_id"])
     data["coattention_before_text_layer"] = list(original["t_biattention_id"])
     if original.get("with_coattention", True) is False:
@@ -90,7 +100,10 @@ def config_from_original(original: dict[str, Any] | str | Path, heads: dict[str,
         raise ConversionError("original config dynamic_attention=true is not supported")
     data["architecture"] = "two_stream"
     data["heads"] = heads if heads is not None else {}
-    return ViLBertConfig.from_dict(data)
+    try:
+        return ViLBertConfig.from_dict(data)
+    except ValueError as err:
+        raise ConversionError(f"{source}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,14 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vilbert.io.atomic import atomic_path, write_json
+from vilbert.io.checksums import verify_checksums, write_checksums
+from vilbert.io.tensors import read_safetensors
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint whose files are not what was written (checksum mismatch, unreadable)."""
 
 
 @dataclass
@@ -90,9 +96,9 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {MODEL_FILE}")
     device = next(iter(model.state_dict().values())).device
-    result = model.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    result = model.load_state_dict(read_safetensors(path, device), strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(
+        raise ValueError(
             f"checkpoint {path} does not fit {type(model).__name__}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
@@ -117,6 +123,7 @@ def save_checkpoint(
         torch.save(state.__dict__, path)
     for r, rng in enumerate(rank_rngs):
         torch.save(rng, tmp / f"rng_rank{r}.pt")
+    write_checksums(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file()))
     if final.exists():  # re-saving a step (a resumed run ending where the last one saved)
         shutil.rmtree(final)
     tmp.rename(final)
@@ -142,6 +149,14 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def checkpoints_newest_first(out_dir: str | Path) -> list[Path]:
+    """Every complete checkpoint, the one `latest` names first, then by step, newest first."""
+    root = checkpoint_root(out_dir)
+    found = [path for _, path in reversed(_step_dirs(root))]
+    first = latest_checkpoint(out_dir)
+    return ([first] if first is not None else []) + [p for p in found if p != first]
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint: the one `latest` names, else the highest step_N found."""
     root = checkpoint_root(out_dir)
@@ -155,9 +170,18 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(directory: Path, model: nn.Module, rank: int = 0) -> tuple[TrainerState, dict[str, Any] | None]:
-    """Load weights into `model`; return the trainer state and this rank's RNG state (if saved)."""
-    load_model_weights(model, directory)
-    raw = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    """Load weights into `model`; return the trainer state and this rank's RNG state (if saved).
+    A damaged checkpoint (a file not matching its checksum, or unreadable) raises ValueError."""
+    try:
+        verify_checksums(directory)
+    except ValueError as err:
+        raise DamagedCheckpointError(str(err)) from err
     rng_path = directory / f"rng_rank{rank}.pt"
-    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
-    return TrainerState(**raw), rng
+    try:
+        raw = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
+        state = TrainerState(**raw)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds; all mean "damaged"
+        raise DamagedCheckpointError(f"{directory} is not readable ({type(err).__name__}: {err})") from err
+    load_model_weights(model, directory)
+    return state, rng

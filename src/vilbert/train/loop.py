@@ -31,12 +31,8 @@ from vilbert.core.subsets import data_subset
 from vilbert.core.task import Task
 from vilbert.train import distributed as D
 from vilbert.train.checkpoint import (
-    TrainerState,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+    DamagedCheckpointError, TrainerState, checkpoints_newest_first, latest_checkpoint, load_checkpoint, rng_state,
+    save_checkpoint, set_rng_state,
 )
 from vilbert.train.config import TRAJECTORY_FIELDS, TrainConfig
 from vilbert.train.logging import RunLogger
@@ -112,12 +108,22 @@ class _Run:
     # -- state -----------------------------------------------------------------------------------
 
     def restore(self) -> bool:
-        found = latest_checkpoint(self.out_dir)
-        if found is None:
+        """Load the newest complete checkpoint; a damaged one is skipped (and said so) for the one before."""
+        candidates = checkpoints_newest_first(self.out_dir)
+        if not candidates:
             if D.is_main():
                 print(f"no checkpoint under {self.out_dir}/checkpoints: starting from step 0", file=sys.stderr)
             return False
-        state, rng = load_checkpoint(found, self.model, self.rank)
+        for found in candidates:
+            try:
+                state, rng = load_checkpoint(found, self.model, self.rank)
+                break
+            except DamagedCheckpointError as err:
+                if D.is_main():
+                    print(f"skipping a damaged checkpoint: {err}", file=sys.stderr)
+        else:
+            raise DamagedCheckpointError(f"every checkpoint under {self.out_dir}/checkpoints is damaged "
+                                         f"({', '.join(p.name for p in candidates)}); delete them to start again")
         changed = [
             f"{k}: {state.config.get(k)!r} -> {getattr(self.config, k)!r}"
             for k in TRAJECTORY_FIELDS
