@@ -217,11 +217,26 @@ def _sample_axis(start: Tensor, length: Tensor, pooled: int, ratio: int, size: i
     return low, high, 1 - frac, frac, valid
 
 
+def _bin_weights(w_low: Tensor, w_high: Tensor, valid: Tensor, pooled: int, ratio: int) -> Tensor:
+    """Per-axis pooling weights [R, P, 2S]: bin p averages its `ratio` samples' two taps
+    (columns 2s, 2s + 1 of sample s), invalid samples weighing zero."""
+    r, s = w_low.shape
+    w = torch.stack([w_low, w_high], dim=2) * valid.to(w_low.dtype)[:, :, None]  # [R, S, 2]
+    w = w.reshape(r, pooled, 2 * ratio) / ratio
+    dense = w.new_zeros(r, pooled, pooled, 2 * ratio)
+    diag = torch.arange(pooled, device=w.device)
+    dense[:, diag, diag] = w  # bin p only reads its own samples
+    return dense.reshape(r, pooled, 2 * s)
+
+
 def roi_align(
-    feature: Tensor, rois: Tensor, pooled: int, spatial_scale: float, sampling_ratio: int, chunk: int = 256
+    feature: Tensor, rois: Tensor, pooled: int, spatial_scale: float, sampling_ratio: int, chunk: int = 64
 ) -> Tensor:
     """Legacy RoIAlign: feature [N, C, H, W], rois [R, 5] (image index, x1, y1, x2, y2 in input
-    pixels) -> [R, C, pooled, pooled], each bin the mean of sampling_ratio^2 bilinear samples."""
+    pixels) -> [R, C, pooled, pooled], each bin the mean of sampling_ratio^2 bilinear samples.
+
+    Bilinear weights are separable, so each RoI's 2S x 2S taps (S samples a side, two taps each)
+    are gathered once and pooled by two small matmuls, Ay @ taps @ Ax^T."""
     n, c, height, width = feature.shape
     out = feature.new_zeros(len(rois), c, pooled, pooled)
     if len(rois) == 0:
@@ -229,25 +244,21 @@ def roi_align(
     dtype = feature.dtype
     rois = rois.to(dtype)
     flat = feature.permute(0, 2, 3, 1).reshape(n * height * width, c)  # channels last [N*H*W, C]
-    s = pooled * sampling_ratio
+    taps = 2 * pooled * sampling_ratio
     for a in range(0, len(rois), chunk):
         r = rois[a : a + chunk]
-        b = r[:, 0].to(torch.int64)
+        m = len(r)
         x1, y1, x2, y2 = (r[:, k] * spatial_scale for k in range(1, 5))
-        roi_w = torch.clamp(x2 - x1, min=1.0)
-        roi_h = torch.clamp(y2 - y1, min=1.0)
-        yl, yh, wyl, wyh, vy = _sample_axis(y1, roi_h, pooled, sampling_ratio, height)  # [r, S]
-        xl, xh, wxl, wxh, vx = _sample_axis(x1, roi_w, pooled, sampling_ratio, width)
-        valid = (vy[:, :, None] & vx[:, None, :]).to(dtype)  # [r, S, S]
-        base = (b * height * width)[:, None, None]
-        acc = None
-        for rows, wy in ((yl, wyl), (yh, wyh)):
-            for cols, wx in ((xl, wxl), (xh, wxh)):
-                index = base + rows[:, :, None] * width + cols[:, None, :]  # [r, S, S]
-                weight = (wy[:, :, None] * wx[:, None, :]) * valid  # [r, S, S]
-                term = flat[index.reshape(-1)].reshape(len(r), s, s, c) * weight[..., None]
-                acc = term if acc is None else acc + term
-        # [r, S, S, C] -> [r, P, ratio, P, ratio, C] -> mean over the samples of each bin
-        acc = acc.reshape(len(r), pooled, sampling_ratio, pooled, sampling_ratio, c).sum(dim=(2, 4))
-        out[a : a + chunk] = (acc / (sampling_ratio * sampling_ratio)).permute(0, 3, 1, 2)
+        yl, yh, wyl, wyh, vy = _sample_axis(y1, torch.clamp(y2 - y1, min=1.0), pooled, sampling_ratio, height)
+        xl, xh, wxl, wxh, vx = _sample_axis(x1, torch.clamp(x2 - x1, min=1.0), pooled, sampling_ratio, width)
+        rows = torch.stack([yl, yh], dim=2).reshape(m, taps)  # [m, J]
+        cols = torch.stack([xl, xh], dim=2).reshape(m, taps)  # [m, K]
+        ay = _bin_weights(wyl, wyh, vy, pooled, sampling_ratio)  # [m, P, J]
+        ax = _bin_weights(wxl, wxh, vx, pooled, sampling_ratio)  # [m, P, K]
+        base = (r[:, 0].to(torch.int64) * height * width)[:, None, None]
+        index = base + cols[:, :, None] + rows[:, None, :] * width  # [m, K, J]
+        patch = flat.index_select(0, index.reshape(-1)).reshape(m, taps, taps * c)  # [m, K, J*C]
+        t = torch.bmm(ax, patch).reshape(m, pooled, taps, c).transpose(1, 2)  # [m, J, Px, C]
+        o = torch.bmm(ay, t.reshape(m, taps, pooled * c)).reshape(m, pooled, pooled, c)  # [m, Py, Px, C]
+        out[a : a + m] = o.permute(0, 3, 1, 2)
     return out
