@@ -16,15 +16,23 @@
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from vilbert.data.readers.common import FormatError
-from vilbert.data.readers.vcr import load_metadata, metadata_path, read_vcr
+from vilbert.data.readers.common import (
+    FormatError,
+    id_field,
+    load_json,
+    number,
+    require,
+    text_field,
+    whole_field,
+    xywh_box,
+)
+from vilbert.data.readers.vcr import load_metadata, read_vcr
 
 
 @dataclass
@@ -59,33 +67,41 @@ def images_in_folder(folder: str | Path) -> list[ImageEntry]:
 def read_coco_boxes(path: str | Path, images_dir: str | Path) -> list[ImageEntry]:
     """Images and their boxes from a COCO-style file, in the file's image order."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        images = data["images"]
-        annotations = data.get("annotations", [])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a COCO-style boxes file with 'images' and 'annotations' ({err})") from err
+    data = load_json(path)
+    require(data, ("images",), path, "the top level")
+    images, annotations = data["images"], data.get("annotations", [])
+    for key, value in (("images", images), ("annotations", annotations)):
+        if not isinstance(value, list):
+            raise FormatError(f"{path}: {key!r} must be a list, got a {type(value).__name__}")
     per_image: dict[str, list[tuple[float, list[float]]]] = {}
-    for ann in annotations:
-        image_id = str(ann["image_id"])
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if not (w > 0 and h > 0):
-            raise ValueError(f"{path}: annotation {ann.get('id')} of image {image_id} has an empty bbox {ann['bbox']}")
-        per_image.setdefault(image_id, []).append((float(ann.get("score", 1.0)), [x, y, x + w, y + h]))
-    entries = []
-    for image in images:
-        image_id = str(image["id"])
+    for k, ann in enumerate(annotations):
+        where = f"annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
+        require(ann, ("image_id", "bbox"), path, where)
+        image_id = str(id_field(ann, "image_id", path, where))
+        x, y, w, h = xywh_box(ann["bbox"], path, f"{where} of image {image_id}")
+        score = number(ann["score"], path, f"{where} score") if "score" in ann else 1.0
+        per_image.setdefault(image_id, []).append((score, [x, y, x + w, y + h]))
+    entries, seen = [], set()
+    for k, image in enumerate(images):
+        require(image, ("id", "file_name"), path, f"image {k}")
+        image_id = str(id_field(image, "id", path, f"image {k}"))
+        if image_id in seen:
+            raise FormatError(f"{path}: image {k}: id {image_id!r} is listed twice")
+        seen.add(image_id)
+        file_name = text_field(image, "file_name", path, f"image {image_id}")
+        size = [whole_field(image, key, path, f"image {image_id}", minimum=1) if image.get(key) is not None else None
+                for key in ("width", "height")]
         boxes = per_image.pop(image_id, [])
         # An image without boxes stays in the list with [0,4] boxes: extraction records it in
         # failures.jsonl and goes on with the others instead of stopping the whole job.
         boxes.sort(key=lambda item: -item[0])  # stable: ties keep the file's order
         entries.append(ImageEntry(
-            image_id, Path(images_dir) / image["file_name"], image.get("width"), image.get("height"),
+            image_id, Path(images_dir) / file_name, size[0], size[1],
             np.array([b for _, b in boxes], dtype=np.float32).reshape(-1, 4),
             np.array([s for s, _ in boxes], dtype=np.float32),
         ))
     if per_image:
-        raise ValueError(f"{path}: annotations name images not listed in 'images': {sorted(per_image)[:5]}")
+        raise FormatError(f"{path}: annotations name images not listed in 'images': {sorted(per_image)[:5]}")
     return entries
 
 
@@ -99,14 +115,8 @@ def read_vcr_boxes(vcr_files: list[str | Path], images_dir: str | Path) -> list[
             if example.image_id in entries:
                 continue
             meta = load_metadata(vcr_file, example, images_dir)
-            rows = meta["boxes"]
-            if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) in (4, 5) for r in rows):
-                raise FormatError(f"{metadata_path(vcr_file, example, images_dir)}: 'boxes' must be a list of "
-                                  "[x1, y1, x2, y2(, score)]")
+            rows = meta["boxes"]  # checked by load_metadata: [x1, y1, x2, y2(, score)] with area
             boxes = np.array([r[:4] for r in rows], dtype=np.float32).reshape(-1, 4)
-            if len(boxes) and not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all():
-                raise FormatError(f"{metadata_path(vcr_file, example, images_dir)}: a box has no area "
-                                  "(boxes are x1, y1, x2, y2)")
             scores = np.array([r[4] if len(r) == 5 else 1.0 for r in rows], dtype=np.float32)
             entries[example.image_id] = ImageEntry(
                 example.image_id, Path(images_dir) / example.img_fn, meta.get("width"), meta.get("height"),
@@ -119,6 +129,23 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     out = np.asarray(boxes, dtype=np.float32).copy()
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def clip_given_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip a boxes file's boxes to the image; a box that is not finite, or that lies outside the
+    image (nothing left after clipping), is an error naming it: a region of nothing would be
+    stored as if it were one."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"box {k} {boxes[k].tolist()} is not finite")
+    out = clip_boxes(boxes, width, height)
+    empty = (out[:, 2] <= out[:, 0]) | (out[:, 3] <= out[:, 1])
+    if empty.any():
+        k = int(np.argmax(empty))
+        raise ValueError(f"box {k} {boxes[k].tolist()} (x1, y1, x2, y2) lies outside the {width}x{height} image")
     return out
 
 
@@ -232,6 +259,8 @@ def load_detector(spec: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndar
 
 def check_detections(spec: str, image_id: str, boxes: np.ndarray, scores: np.ndarray) -> None:
     """A detector's output must be boxes [N,4] and scores [N] with N >= 1."""
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError(f"detector {spec} returned boxes or scores that are not finite for image {image_id}")
     if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],) or len(boxes) == 0:
         raise ValueError(
             f"detector {spec} returned boxes {boxes.shape} and scores {scores.shape} for image {image_id}; "

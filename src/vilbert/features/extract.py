@@ -24,7 +24,7 @@ from PIL import Image
 
 from vilbert.core.regions import ImageRegions
 from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
-from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, grid_boxes, select_boxes
+from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, clip_given_boxes, grid_boxes, select_boxes
 from vilbert.features.fill import ExtractReport, fill_store, read_rgb
 from vilbert.features.roi_align import roi_align_pooled
 
@@ -94,7 +94,7 @@ class _Letterbox:
         if entry.boxes is not None:
             if len(entry.boxes) == 0:
                 raise ValueError("the boxes file lists no boxes for this image")
-            return clip_boxes(entry.boxes, width, height)
+            return clip_given_boxes(entry.boxes, width, height)
         if self.detector is None:
             return grid_boxes(width, height, cfg.grid_levels)[: cfg.max_boxes]
         boxes, scores = self.detector(np.asarray(img))

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
@@ -47,12 +48,26 @@ class ExtractReport:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as OpenCV's imread gives it to the original extraction scripts: 16-bit (and 32-bit
+    integer) grey keeps its high byte (PIL's own conversion clips it to white), float grey is
+    clipped to 0..255, alpha is dropped, palette, CMYK and the rest convert as PIL does."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if img.mode.startswith("I;16") or values.max() > 255:
+            values = values.clip(0, 65535) >> 8
+        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def read_rgb(entry: ImageEntry) -> Image.Image:
     """The entry's image as RGB, as a viewer shows it (EXIF orientation applied, as OpenCV's
     imread does; boxes in a boxes file refer to that orientation), checked against the size the
     boxes file gives."""
     with Image.open(entry.path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        img = to_rgb(ImageOps.exif_transpose(img))
         img.load()
     width, height = img.size
     if entry.width is not None and (entry.width, entry.height) != (width, height):

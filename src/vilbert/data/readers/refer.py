@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilbert.data.readers.common import FormatError, load_json, require
+from vilbert.data.readers.common import FormatError, id_field, load_json, require, text_field, whole_field, xywh_box
 from vilbert.io.safe_pickle import safe_load_file
 
 
@@ -39,23 +39,54 @@ def read_refer(directory: str | os.PathLike[str], split: str | None = None, refs
         raise FormatError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
     instances = load_json(inst_path)
     require(instances, ("annotations",), inst_path, "the top level")
-    anns = {a["id"]: a for a in instances["annotations"]}
-    sizes = {im["id"]: (im.get("width"), im.get("height")) for im in instances.get("images", [])}
+    anns, sizes = _annotations(instances, inst_path), _image_sizes(instances, inst_path)
     out = []
     for k, ref in enumerate(refs):
-        require(ref, ("ref_id", "ann_id", "image_id", "split", "sentences"), refs_path, f"ref {k}")
-        if split is not None and ref["split"] != split:
+        where = f"ref {k}"
+        require(ref, ("ref_id", "ann_id", "image_id", "split", "sentences"), refs_path, where)
+        ref_id = id_field(ref, "ref_id", refs_path, where)
+        ann_id = id_field(ref, "ann_id", refs_path, where)
+        image_id = id_field(ref, "image_id", refs_path, where)
+        if text_field(ref, "split", refs_path, where) != split and split is not None:
             continue
-        ann = anns.get(ref["ann_id"])
+        ann = anns.get(ann_id)
         if ann is None:
-            raise FormatError(f"{refs_path}: ref {ref['ref_id']} names ann_id {ref['ann_id']}, "
-                              f"which {inst_path} does not hold")
-        x, y, w, h = ann["bbox"]
-        width, height = sizes.get(ref["image_id"], (None, None))
+            raise FormatError(f"{refs_path}: ref {ref_id} names ann_id {ann_id}, which {inst_path} does not hold")
+        x, y, w, h = xywh_box(ann["bbox"], inst_path, f"annotation {ann_id}")
+        width, height = sizes.get(image_id, (None, None))
+        if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+            raise FormatError(f"{refs_path}: ref {ref_id}: 'sentences' must be a non-empty list")
+        category = ref.get("category_id", ann.get("category_id", 0))
         for s in ref["sentences"]:
-            require(s, ("sent",), refs_path, f"ref {ref['ref_id']} sentence")
-            tokens = tuple(s.get("tokens") or s["sent"].split())
-            out.append(ReferExpression(ref["ref_id"], s.get("sent_id", -1), ref["ann_id"], str(ref["image_id"]),
-                                       ref["split"], s["sent"], tokens, (x, y, x + w, y + h),
-                                       ref.get("category_id", ann.get("category_id", 0)), width, height))
+            require(s, ("sent",), refs_path, f"ref {ref_id} sentence")
+            sentence = text_field(s, "sent", refs_path, f"ref {ref_id} sentence")
+            tokens = s.get("tokens") or sentence.split()
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise FormatError(f"{refs_path}: ref {ref_id} sentence: 'tokens' must be a list of strings")
+            sent_id = id_field(s, "sent_id", refs_path, f"ref {ref_id} sentence") if "sent_id" in s else -1
+            out.append(ReferExpression(ref_id, sent_id, ann_id, str(image_id), ref["split"], sentence, tuple(tokens),
+                                       (x, y, x + w, y + h), category, width, height))
     return out
+
+
+def _annotations(instances: dict, path: Path) -> dict[int | str, dict]:
+    if not isinstance(instances["annotations"], list):
+        raise FormatError(f"{path}: 'annotations' must be a list")
+    out = {}
+    for k, ann in enumerate(instances["annotations"]):
+        require(ann, ("id", "bbox"), path, f"annotation {k}")
+        out[id_field(ann, "id", path, f"annotation {k}")] = ann
+    return out
+
+
+def _image_sizes(instances: dict, path: Path) -> dict[int | str, tuple[int | None, int | None]]:
+    images = instances.get("images", [])
+    if not isinstance(images, list):
+        raise FormatError(f"{path}: 'images' must be a list")
+    sizes = {}
+    for k, im in enumerate(images):
+        require(im, ("id",), path, f"image {k}")
+        size = tuple(whole_field(im, key, path, f"image {k}", minimum=1) if key in im else None
+                     for key in ("width", "height"))
+        sizes[id_field(im, "id", path, f"image {k}")] = size
+    return sizes

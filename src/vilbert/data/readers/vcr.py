@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from vilbert.data.readers.common import FormatError, image_id_from_path, iter_jsonl, load_json, require
+from vilbert.data.readers.common import (
+    FormatError,
+    id_field,
+    image_id_from_path,
+    iter_jsonl,
+    load_json,
+    number,
+    require,
+    text_field,
+    whole_field,
+)
 
 Token = Union[str, tuple[int, ...]]
 _FIELDS = ("question", "answer_choices", "rationale_choices", "objects", "img_fn")
@@ -42,7 +52,8 @@ def _tokens(value: object, objects: int, path: os.PathLike[str] | str, where: st
     for tok in value:
         if isinstance(tok, str):
             out.append(tok)
-        elif isinstance(tok, list) and tok and all(isinstance(i, int) and 0 <= i < objects for i in tok):
+        elif isinstance(tok, list) and tok and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < objects
+                                                   for i in tok):
             out.append(tuple(tok))
         else:
             raise FormatError(f"{path}: {where} has token {tok!r}: expected a word or a list of object "
@@ -52,17 +63,27 @@ def _tokens(value: object, objects: int, path: os.PathLike[str] | str, where: st
 
 def read_vcr(path: str | os.PathLike[str]) -> list[VCRExample]:
     out = []
-    for number, rec in iter_jsonl(path):
-        require(rec, _FIELDS, path, f"line {number}")
-        where = f"line {number} ({rec.get('annot_id', '?')})"
+    for line, rec in iter_jsonl(path):
+        require(rec, _FIELDS, path, f"line {line}")
+        where = f"line {line} ({rec.get('annot_id', '?')})"
+        if not isinstance(rec["objects"], list) or not all(isinstance(o, str) and o for o in rec["objects"]):
+            raise FormatError(f"{path}: {where}: 'objects' must be a list of object names, got {rec['objects']!r:.60}")
+        for key in ("answer_choices", "rationale_choices"):
+            if not isinstance(rec[key], list) or not rec[key]:
+                raise FormatError(f"{path}: {where}: {key!r} must be a non-empty list of choices")
+        text_field(rec, "img_fn", path, where)
+        if rec.get("metadata_fn") is not None:
+            text_field(rec, "metadata_fn", path, where)
+        annot_id = str(id_field(rec, "annot_id", path, where)) if "annot_id" in rec else None
         n = len(rec["objects"])
         answers = tuple(_tokens(a, n, path, f"{where} answer") for a in rec["answer_choices"])
         rationales = tuple(_tokens(r, n, path, f"{where} rationale") for r in rec["rationale_choices"])
         labels = [rec.get("answer_label"), rec.get("rationale_label")]
         for name, label, choices in zip(("answer_label", "rationale_label"), labels, (answers, rationales)):
-            if label is not None and not (isinstance(label, int) and 0 <= label < len(choices)):
+            if label is not None and not (isinstance(label, int) and not isinstance(label, bool)
+                                          and 0 <= label < len(choices)):
                 raise FormatError(f"{path}: {where} has {name}={label!r} for {len(choices)} choices")
-        out.append(VCRExample(str(rec.get("annot_id", f"{Path(path).stem}-{number}")),
+        out.append(VCRExample(annot_id or f"{Path(path).stem}-{line}",
                               image_id_from_path(rec["img_fn"]), rec["img_fn"], rec.get("metadata_fn"),
                               tuple(rec["objects"]), _tokens(rec["question"], n, path, f"{where} question"),
                               answers, rationales, labels[0], labels[1]))
@@ -111,7 +132,21 @@ def load_metadata(vcr_path: str | os.PathLike[str], example: VCRExample,
     meta_path = metadata_path(vcr_path, example, images_dir)
     meta = load_json(meta_path)
     require(meta, ("boxes",), meta_path, "the top level")
-    if len(meta["boxes"]) < len(example.objects):
+    boxes = meta["boxes"]
+    if not isinstance(boxes, list):
+        raise FormatError(f"{meta_path}: 'boxes' must be a list of [x1, y1, x2, y2(, score)]")
+    for k, box in enumerate(boxes):
+        if not isinstance(box, list) or len(box) not in (4, 5):
+            raise FormatError(f"{meta_path}: box {k} must be [x1, y1, x2, y2(, score)], got {box!r:.60}")
+        x1, y1, x2, y2 = (number(v, meta_path, f"box {k}") for v in box[:4])
+        if len(box) == 5:
+            number(box[4], meta_path, f"box {k} score")
+        if not (x2 > x1 and y2 > y1):
+            raise FormatError(f"{meta_path}: a box has no area: box {k} {box[:4]} (boxes are x1, y1, x2, y2)")
+    for key in ("width", "height"):
+        if meta.get(key) is not None:
+            whole_field(meta, key, meta_path, "the top level", minimum=1)
+    if len(boxes) < len(example.objects):
         raise FormatError(f"{meta_path}: {len(meta['boxes'])} boxes for {len(example.objects)} objects "
                           f"of {example.annot_id}")
     return meta

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vilbert.data.readers.common import FormatError, load_json, require
+from vilbert.data.readers.common import FormatError, id_field, load_json, require, text_field
 
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
             "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -94,19 +94,31 @@ def read_vqa(questions_path: str | os.PathLike[str],
     """Questions (and, when given, their answers), in the questions file's order."""
     questions = load_json(questions_path)
     require(questions, ("questions",), questions_path, "the top level")
-    annotations: dict[int, dict] = {}
+    _check_list(questions["questions"], questions_path, "questions")
+    annotations: dict[int | str, dict] = {}
     if annotations_path is not None:
         data = load_json(annotations_path)
         require(data, ("annotations",), annotations_path, "the top level")
+        _check_list(data["annotations"], annotations_path, "annotations")
         for k, ann in enumerate(data["annotations"]):
             require(ann, ("question_id", "answers"), annotations_path, f"annotation {k}")
-            annotations[ann["question_id"]] = ann
+            qid = id_field(ann, "question_id", annotations_path, f"annotation {k}")
+            if qid in annotations:
+                raise FormatError(f"{annotations_path}: annotation {k}: question_id {qid!r} is annotated twice")
+            annotations[qid] = ann
     out = []
+    seen: set[int | str] = set()
     for k, q in enumerate(questions["questions"]):
-        require(q, ("question_id", "image_id", "question"), questions_path, f"question {k}")
-        qid = q["question_id"]
+        where = f"question {k}"
+        require(q, ("question_id", "image_id", "question"), questions_path, where)
+        qid = id_field(q, "question_id", questions_path, where)
+        if qid in seen:
+            raise FormatError(f"{questions_path}: {where}: question_id {qid!r} appears twice")
+        seen.add(qid)
+        image_id = str(id_field(q, "image_id", questions_path, where))
+        text_field(q, "question", questions_path, where)
         if annotations_path is None:
-            out.append(VQAExample(qid, str(q["image_id"]), q["question"]))
+            out.append(VQAExample(qid, image_id, q["question"]))
             continue
         ann = annotations.get(qid)
         if ann is None:
@@ -115,12 +127,23 @@ def read_vqa(questions_path: str | os.PathLike[str],
     return out
 
 
+def _check_list(value: object, path: str | os.PathLike[str], key: str) -> None:
+    if not isinstance(value, list):
+        raise FormatError(f"{path}: {key!r} must be a list, got a {type(value).__name__}")
+
+
 def _example(q: dict, ann: dict, path: str | os.PathLike[str]) -> VQAExample:
+    where = f"question_id {q['question_id']}"
+    if not isinstance(ann["answers"], list):
+        raise FormatError(f"{path}: {where}: 'answers' must be a list, got {ann['answers']!r:.60}")
     counts: Counter[str] = Counter()
     for a in ann["answers"]:
         if not isinstance(a, dict) or "answer" not in a:
-            raise FormatError(f"{path}: question_id {q['question_id']}: an answer lacks 'answer': {a!r:.80}")
-        counts[normalize_answer(a["answer"])] += 1
+            raise FormatError(f"{path}: {where}: an answer lacks 'answer': {a!r:.80}")
+        counts[normalize_answer(text_field(a, "answer", path, where, empty=True))] += 1
+    for key in ("multiple_choice_answer", "answer_type", "question_type"):
+        if ann.get(key) is not None:
+            text_field(ann, key, path, where, empty=True)
     mc = ann.get("multiple_choice_answer")
     return VQAExample(q["question_id"], str(q["image_id"]), q["question"], dict(counts),
                       normalize_answer(mc) if mc is not None else None, ann.get("answer_type"),
