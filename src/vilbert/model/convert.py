@@ -92,12 +92,12 @@ def config_from_original(original: dict[str, Any] | str | Path, heads: dict[str,
     data["coattention_before_visual_layer"] = list(original["v_biattention_id"])
     data["coattention_before_text_layer"] = list(original["t_biattention_id"])
     if original.get("with_coattention", True) is False:
-        raise ConversionError("original config has with_coattention=false; only co-attention models are supported")
+        raise ConversionError(f"{source} has with_coattention=false; only co-attention models are supported")
     for key, ok in (("fusion_method", "mul"), ("pooling_method", "mul")):
         if original.get(key, ok) != ok:
-            raise ConversionError(f"original config {key}={original[key]!r} is not supported (only {ok!r})")
+            raise ConversionError(f"{source}: {key}={original[key]!r} is not supported (only {ok!r})")
     if original.get("dynamic_attention"):
-        raise ConversionError("original config dynamic_attention=true is not supported")
+        raise ConversionError(f"{source}: dynamic_attention=true is not supported")
     data["architecture"] = "two_stream"
     data["heads"] = heads if heads is not None else {}
     try:
