@@ -198,7 +198,7 @@ def test_add_head_and_save_load_round_trip(tmp_path):
     with torch.no_grad():
         head.fc2.bias.fill_(0.25)
     save_pretrained(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
     loaded = load_pretrained(tmp_path / "m").eval()
     assert loaded.config == model.config
     inputs = make_inputs()

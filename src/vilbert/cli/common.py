@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from vilbert.detect import list_detectors
 from vilbert.pipelines.models import TEXT_INIT_HELP, ModelSource
 from vilbert.pipelines.settings import train_config_for
 from vilbert.tasks import TaskData, parse_options
@@ -57,6 +58,15 @@ def add_runtime_args(p: argparse.ArgumentParser, device: bool = True) -> None:
         g.add_argument("--device", default="auto", help="auto (CUDA under torchrun/when present, else CPU), cpu, cuda:1, ...")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_detector_args(p: argparse.ArgumentParser) -> None:
+    """A released checkpoint's detector for an image's regions (predict, explain)."""
+    g = p.add_argument_group("regions from a released checkpoint's detector")
+    g.add_argument("--detector", default=None, help=f"{' or '.join(list_detectors())} (default: the feature store's "
+                                                    "extractor, or EfficientNet-Lite0)")
+    g.add_argument("--detector-weights", default=None, help="its weights file")
+    g.add_argument("--detector-config", default=None, help="a JSON file of detector settings over the released ones")
 
 
 def add_data_args(p: argparse.ArgumentParser, task: bool = True) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vilbert.cli.common import run_command
+from vilbert.cli.common import add_detector_args, add_runtime_args, run_command
 from vilbert.features.extract import ExtractConfig
 from vilbert.pipelines.explain import ExplainRun, explain
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-regions", type=int, default=DEFAULTS.max_regions)
     p.add_argument("--max-text-length", type=int, default=DEFAULTS.max_text_length)
     p.add_argument("--json", default=None, help="also write the averaged attention maps as JSON here")
+    add_detector_args(p)
+    add_runtime_args(p)
     return p
 
 
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> None:
     summary = explain(ExplainRun(
         checkpoint=args.checkpoint, image=args.image, text=args.text, out=args.out, boxes=args.boxes,
         features=args.features, image_size=args.image_size, layers=tuple(args.layer) if args.layer else None,
-        top=args.top, max_regions=args.max_regions, max_text_length=args.max_text_length, json_out=args.json,
+        top=args.top, max_regions=args.max_regions, max_text_length=args.max_text_length, json_out=args.json, device=args.device,
+        detector=args.detector, detector_weights=args.detector_weights, detector_config=args.detector_config,
     ))
     print(f"wrote {summary['out']} ({' '.join(summary['tokens'])}; layers {summary['layers']})")
 

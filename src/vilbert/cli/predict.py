@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from vilbert.cli.common import add_runtime_args, run_command
+from vilbert.cli.common import add_detector_args, add_runtime_args, run_command
 from vilbert.features.extract import ExtractConfig
 from vilbert.pipelines.predict import PredictRun, predict
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-regions", type=int, default=DEFAULTS.max_regions)
     p.add_argument("--max-text-length", type=int, default=None, help="default: the task recipe's")
     add_runtime_args(p)
+    add_detector_args(p)
     return p
 
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint, image=args.image, question=args.question, expression=args.expression,
         out=args.out, top=args.top, boxes=args.boxes, features=args.features, image_size=args.image_size,
         max_regions=args.max_regions, max_text_length=args.max_text_length, device=args.device,
+        detector=args.detector, detector_weights=args.detector_weights, detector_config=args.detector_config,
     ))
     if "answers" in result:
         for item in result["answers"]:

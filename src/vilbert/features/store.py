@@ -263,7 +263,8 @@ class FeatureStore:
 
 
 # Metadata keys that must agree when a job appends to an existing store.
-_COMPATIBLE_KEYS = ("backbone", "feature_dim", "num_classes", "dtype", "image_size", "stride")
+_COMPATIBLE_KEYS = ("backbone", "feature_dim", "num_classes", "dtype", "image_size", "stride", "weights_checksum",
+                    "detector_config")
 
 
 class FeatureStoreWriter:

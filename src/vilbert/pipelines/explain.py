@@ -10,7 +10,7 @@ from typing import Any
 
 from vilbert.io.atomic import write_json
 from vilbert.model import load_pretrained
-from vilbert.pipelines.predict import MAX_REGIONS, check_regions_fit, image_regions
+from vilbert.pipelines.predict import MAX_REGIONS, DetectorChoice, check_regions_fit, image_regions
 from vilbert.viz.attention import co_attention_maps, draw_co_attention, top_regions
 
 MAX_TEXT_LENGTH = 36
@@ -30,6 +30,10 @@ class ExplainRun:
     max_regions: int = MAX_REGIONS
     max_text_length: int = MAX_TEXT_LENGTH
     json_out: str | Path | None = None  # also write the averaged maps as JSON here
+    detector: str | None = None  # a released detector (bottom-up-r101, x152-fpn) and its weights file
+    detector_weights: str | Path | None = None
+    detector_config: str | Path | dict | None = None
+    device: str = "auto"
 
 
 def explain(run: ExplainRun) -> dict[str, Any]:
@@ -38,7 +42,8 @@ def explain(run: ExplainRun) -> dict[str, Any]:
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint} is not a saved model directory (no config.json)")
     model = load_pretrained(checkpoint)
-    regions = image_regions(run.image, run.boxes, run.features, run.image_size)
+    detector = DetectorChoice(run.detector, run.detector_weights, run.detector_config) if run.detector else None
+    regions = image_regions(run.image, run.boxes, run.features, run.image_size, detector, run.device)
     check_regions_fit(model, regions, run.image)
     layers = None if run.layers is None else list(run.layers)
     maps = co_attention_maps(model, run.text, regions, run.max_text_length, run.max_regions, layers)

@@ -1,10 +1,12 @@
 """One image, one question or expression, one saved model: `predict(PredictRun(...))`, which
 `vilbert predict` calls.
 
-Regions come from a COCO-style boxes file (the image's entry found by file name) or, without one,
-the features module's multi-scale grid; their features are extracted with the same code (and,
-given a feature store, the same settings) as the store the model was trained on. A question needs a
-"vqa" head; an expression a "region_score" head (a model fine-tuned on referring expressions).
+Regions come from a released checkpoint's detector (`bottom-up-r101`, `x152-fpn` with its weights
+file: the features a converted checkpoint expects), or from a COCO-style boxes file (the image's
+entry found by file name) or, without one, the features module's multi-scale grid. Given a feature
+store, its extractor and settings are used (a detector store names its detector and weights), so
+the image's features are computed as the model's training features were. A question needs a "vqa"
+head; an expression a "region_score" head (a model fine-tuned on referring expressions).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from vilbert.core.regions import ImageRegions
 from vilbert.core.runtime import evaluating, model_device, resolve_device
 from vilbert.data.inputs import pair_inputs
 from vilbert.data.tokenizer import load_tokenizer
+from vilbert.detect import load_detector
 from vilbert.features.boxes import ImageEntry, read_coco_boxes
+from vilbert.features.detected import extract_detected
 from vilbert.features.extract import ExtractConfig, extract_features
 from vilbert.features.store import FeatureStore
 from vilbert.model import ViLBert, load_pretrained
@@ -47,9 +51,14 @@ class PredictRun:
     image_size: int | None = None  # extraction canvas (default: the store's, or ExtractConfig's)
     max_regions: int = MAX_REGIONS
     max_text_length: int | None = None  # default: the task recipe's
+    detector: str | None = None  # a released detector (bottom-up-r101, x152-fpn) ...
+    detector_weights: str | Path | None = None  # ... and its weights file
+    detector_config: str | Path | dict[str, Any] | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.detector is not None and self.detector_weights is None:
+            raise ValueError(f"the {self.detector} detector needs its weights file (--detector-weights)")
         if (self.question is None) == (self.expression is None):
             raise ValueError("give exactly one of a question and an expression")
         if self.expression is not None and self.out is None:
@@ -80,13 +89,43 @@ def image_entry(image: Path, boxes: str | Path | None) -> tuple[ImageEntry, str]
     return matches[0], "coco"
 
 
+@dataclass(frozen=True)
+class DetectorChoice:
+    """A released detector and its weights, for one image's regions."""
+
+    name: str
+    weights: str | Path
+    config: str | Path | dict[str, Any] | None = None
+
+
+def detector_of_store(features: str | Path | None) -> DetectorChoice | None:
+    """The detector a feature store was extracted with, as its metadata records it (or None)."""
+    if features is None:
+        return None
+    meta = FeatureStore(features).meta
+    if not meta.get("detector"):
+        return None
+    if not Path(meta["weights"]).is_file():
+        raise FileNotFoundError(f"{features} was extracted with {meta['detector']} weights {meta['weights']}, which "
+                                "are not there any more; pass --detector and --detector-weights")
+    return DetectorChoice(meta["detector"], meta["weights"], meta.get("detector_config"))
+
+
 def image_regions(image: str | Path, boxes: str | Path | None = None, features: str | Path | None = None,
-                  image_size: int | None = None) -> ImageRegions:
-    """Regions of one image, through the same extraction code as a feature store."""
+                  image_size: int | None = None, detector: DetectorChoice | None = None,
+                  device: str = "auto") -> ImageRegions:
+    """Regions of one image, through the same extraction code as a feature store (the store's
+    own extractor when `features` is given and no detector is)."""
     entry, source = image_entry(Path(image), boxes)
-    config = extract_config(features, image_size)
+    detector = detector or detector_of_store(features)
     with tempfile.TemporaryDirectory(prefix="vilbert-predict-") as tmp:
-        report = extract_features([entry], Path(tmp) / "store", config, boxes_source=source, progress=False)
+        if detector is not None:
+            loaded = load_detector(detector.name, detector.weights, detector.config, resolve_device(device))
+            report = extract_detected([entry], Path(tmp) / "store", loaded, given_boxes=boxes is not None,
+                                      progress=False)
+        else:
+            report = extract_features([entry], Path(tmp) / "store", extract_config(features, image_size),
+                                      boxes_source=source, progress=False)
         if report.failed:
             raise ValueError(f"could not extract features from {image} (see the message above)")
         store = FeatureStore(Path(tmp) / "store")
@@ -98,8 +137,10 @@ def image_regions(image: str | Path, boxes: str | Path | None = None, features: 
 
 def check_regions_fit(model: ViLBert, regions: ImageRegions, image: str | Path) -> None:
     if regions.features.shape[1] != model.config.v_feature_size:
+        hint = (" (a converted checkpoint expects its detector's 2048-d features: --detector bottom-up-r101 or "
+                "x152-fpn with --detector-weights)" if model.config.v_feature_size == 2048 else "")
         raise ValueError(f"extracted {regions.features.shape[1]}-d features from {image} but the model "
-                         f"expects {model.config.v_feature_size}")
+                         f"expects {model.config.v_feature_size}{hint}")
 
 
 def head_logits(model: ViLBert, text: str, regions: ImageRegions, max_text_length: int, max_regions: int,
@@ -137,7 +178,8 @@ def predict(run: PredictRun) -> dict[str, Any]:
     """{"question", "answers": [{"answer", "score"}]} or {"expression", "box", "region", "logit",
     "score", "out"} (the box drawn on the image at `out`)."""
     model = load_pretrained(run.checkpoint, map_location=resolve_device(run.device))
-    regions = image_regions(run.image, run.boxes, run.features, run.image_size)
+    detector = DetectorChoice(run.detector, run.detector_weights, run.detector_config) if run.detector else None
+    regions = image_regions(run.image, run.boxes, run.features, run.image_size, detector, run.device)
     check_regions_fit(model, regions, run.image)
     if run.question is not None:
         answers = answer(model, run.question, regions, run.top, run.max_text_length, run.max_regions)
