@@ -13,7 +13,7 @@ from vilbert.demo.results import ResultsTable, check_claims, make_table, write_r
 from vilbert.demo.sizes import TASKS, DemoSizes
 from vilbert.demo.stages import StageRunner
 from vilbert.demo.steps import ZERO_SHOT, Steps
-from vilbert.io.atomic import write_json
+from vilbert.io.atomic import read_json, remove_stale_temps, write_json
 from vilbert.tasks.vqa import answer_prior_accuracy
 
 SETTINGS_FILE = "demo.json"
@@ -25,7 +25,7 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
     path = out / SETTINGS_FILE
     wanted = json.loads(json.dumps(sizes.to_dict()))
     if path.is_file():
-        before, now = _results_settings(json.loads(path.read_text())), _results_settings(wanted)
+        before, now = _results_settings(read_json(path, "the demo's settings")), _results_settings(wanted)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
@@ -50,6 +50,8 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, sizes)
+    for folder in (out, out / "stages"):  # what a killed run left half-written (runs clean their own)
+        remove_stale_temps(folder)
     plan = build_plan(out, sizes, ablations)
     stream = stream or sys.stdout
     runner = StageRunner(out, stream=stream, heartbeat_s=heartbeat_s)

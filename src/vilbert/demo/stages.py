@@ -69,7 +69,20 @@ class StageRunner:
         return self.out_dir / "logs" / f"{name}.log"
 
     def is_done(self, name: str) -> bool:
-        return self.marker(name).is_file()
+        """A stage is done when its marker reads; a damaged marker is moved aside (and said so) and
+        the stage runs again, resuming through its own mechanism."""
+        marker = self.marker(name)
+        if not marker.is_file():
+            return False
+        try:
+            stored = json.loads(marker.read_text(encoding="utf-8"))
+            if isinstance(stored, dict) and "result" in stored:
+                return True
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        marker.replace(marker.with_suffix(".damaged"))
+        self._say(f"{marker} was damaged (moved to {marker.with_suffix('.damaged').name}): stage {name} runs again")
+        return False
 
     def load(self, name: str) -> dict[str, Any]:
         """The stored marker of a finished stage: {"name", "seconds", "result"}."""

@@ -391,7 +391,12 @@ def init_text_stream_from_bert(model: ViLBert, bert_dir: str | Path) -> Conversi
     cfg_path = bert_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{bert_dir} is not a BERT directory: config.json is missing")
-    bert_cfg = json.loads(cfg_path.read_text())
+    try:
+        bert_cfg = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"{cfg_path}: not a readable BERT config ({err})") from err
+    if not isinstance(bert_cfg, dict):
+        raise ConversionError(f"{cfg_path}: a BERT config is a JSON object, got {type(bert_cfg).__name__}")
     c = model.config
     for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
         if key in bert_cfg and bert_cfg[key] != getattr(c, key):

@@ -17,7 +17,7 @@ from typing import Any
 
 from vilbert.core.runtime import resolve_device
 from vilbert.features.store import FeatureStore
-from vilbert.io.atomic import write_json
+from vilbert.io.atomic import DamagedFileError, read_json, write_json
 from vilbert.model import ViLBertConfig, save_pretrained
 from vilbert.pipelines.logs import Log, stderr_log
 from vilbert.pipelines.models import ModelSource, fit_to_store, new_model, resolve_text_init, text_stream_lr_scales
@@ -92,7 +92,10 @@ def _check_run_file(out: Path, record: dict[str, Any], resume: bool) -> None:
     """On resume the model must be the one the run started with (its checkpoint holds it)."""
     path = out / RUN_FILE
     if resume and path.is_file():
-        before = json.loads(path.read_text())["model"]
+        before = read_json(path, "the run's settings")
+        if not isinstance(before, dict) or not isinstance(before.get("model"), dict):
+            raise DamagedFileError(f"{path} (the run's settings) holds no model config; delete it to resume anyway")
+        before = before["model"]
         changed = sorted(k for k in set(before) | set(record["model"]) if before.get(k) != record["model"].get(k))
         if changed:
             raise ValueError(f"cannot resume {out}: the model config differs from the run's ({', '.join(changed)}); "

@@ -10,7 +10,7 @@ import csv
 import math
 from pathlib import Path
 
-from vilbert.io.atomic import atomic_path, save_png
+from vilbert.io.atomic import DamagedFileError, atomic_path, save_png
 
 TRAIN_CSV = "train_log.csv"
 EVAL_CSV = "eval_log.csv"
@@ -24,16 +24,18 @@ class _Csv:
         self.path = path
         self.rows: list[dict[str, float]] = []
         if keep_until_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                self.rows = [
-                    {k: float(v) for k, v in row.items() if v not in ("", None)}
-                    for row in csv.DictReader(f)
-                    if float(row["step"]) <= keep_until_step
-                ]
+            self.rows = [r for r in _read_rows(path) if r["step"] <= keep_until_step]
         self.columns = _columns(self.rows)
         self._rewrite()
 
     def add(self, row: dict[str, float]) -> None:
+        # A row for a step and the same columns replaces the earlier one (a resumed finished run
+        # evaluates its last step again): one row per measurement.
+        same = [i for i, r in enumerate(self.rows) if r.get("step") == row["step"] and r.keys() == row.keys()]
+        if same:
+            self.rows[same[0]] = row
+            self._rewrite()
+            return
         self.rows.append(row)
         if any(k not in self.columns for k in row):
             self.columns = _columns(self.rows)
@@ -48,6 +50,26 @@ class _Csv:
                 writer = csv.DictWriter(f, fieldnames=self.columns)
                 writer.writeheader()
                 writer.writerows(self.rows)
+
+
+def _read_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's CSV log; a last line without its newline is a write a kill cut short
+    (dropped), any other row that does not parse is an error naming the file and line."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    rows = []
+    for number, row in enumerate(csv.DictReader(lines), start=2):
+        try:
+            rows.append({k: int(float(v)) if k == "step" else float(v)
+                         for k, v in row.items() if k is not None and v not in ("", None)})
+        except (TypeError, ValueError) as err:
+            raise DamagedFileError(f"{path}: line {number} is not a row of numbers ({err}); "
+                                   "delete the log to start it again") from err
+        if "step" not in rows[-1]:
+            raise DamagedFileError(f"{path}: line {number} has no step")
+    return rows
 
 
 def _columns(rows: list[dict[str, float]]) -> list[str]:

@@ -29,10 +29,17 @@ from tqdm.auto import tqdm
 from vilbert.core.runtime import resolve_device
 from vilbert.core.subsets import data_subset
 from vilbert.core.task import Task
+from vilbert.io.atomic import remove_stale_temps
 from vilbert.train import distributed as D
 from vilbert.train.checkpoint import (
-    DamagedCheckpointError, TrainerState, checkpoints_newest_first, latest_checkpoint, load_checkpoint, rng_state,
-    save_checkpoint, set_rng_state,
+    DamagedCheckpointError,
+    TrainerState,
+    checkpoints_newest_first,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from vilbert.train.config import TRAJECTORY_FIELDS, TrainConfig
 from vilbert.train.logging import RunLogger
@@ -261,6 +268,9 @@ def train(
 
 
 def _train(model, task, config, out_dir, resume, eval_splits, device) -> TrainResult:
+    if D.is_main():  # what a killed run of this directory left half-written
+        remove_stale_temps(out_dir)
+        remove_stale_temps(out_dir / "checkpoints")
     _ensure_heads(model, task)
     model.to(device)
     model.train()

@@ -24,7 +24,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from vilbert.io.atomic import atomic_path, write_json
+from vilbert.io.atomic import atomic_path, read_json, remove_stale_temps, write_json
 from vilbert.world.language import captions, program_text, referring_program, tokenize
 from vilbert.world.proposals import MAX_PROPOSALS, MIN_PROPOSALS, proposals
 from vilbert.world.questions import annotator_answers, vcr_items, vqa_questions
@@ -296,7 +296,8 @@ def generate_world(out_dir: str | os.PathLike[str], config: WorldConfig | None =
     splits = split_ids(config)
     manifest = _world_json(config, splits)
     _claim(out, manifest)
-    if (out / "world.json").exists() and json.loads((out / "world.json").read_text()) == manifest:
+    remove_stale_temps(out, recursive=True)  # what a killed run left half-written
+    if (out / "world.json").exists() and read_json(out / "world.json", "the finished world's manifest") == manifest:
         return out / "world.json"
     split_of = {i: s for s, ids in splits.items() for i in ids}
     jobs = [(config, str(out), i, split_of[i]) for i in range(1, config.num_images + 1)]
@@ -314,7 +315,7 @@ def _claim(out: Path, manifest: dict) -> None:
     """Refuse a directory that holds (part of) a world made with other settings."""
     marker = out / ".world-config.json"
     if marker.exists():
-        previous = json.loads(marker.read_text())
+        previous = read_json(marker, "the settings of the world being generated")
         if previous != manifest["config"]:
             changed = sorted(k for k in manifest["config"] if previous.get(k) != manifest["config"][k])
             raise FileExistsError(f"{out} holds a world generated with other settings (differs in: "

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vilbert.world.language import REL_PHRASES, noun_phrase, pick, tokenize
-from vilbert.world.scene import (
-    COLOURS, OPPOSITE, RELATIONS, SHAPES, Scene, relation, resolve, select, unique_filter,
-)
+from vilbert.world.scene import COLOURS, OPPOSITE, RELATIONS, SHAPES, Scene, relation, resolve, select, unique_filter
 
 FAMILIES: tuple[str, ...] = ("existence", "counting", "attribute", "relation")
 
