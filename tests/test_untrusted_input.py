@@ -219,3 +219,15 @@ def test_regions_in_a_store_are_what_was_written(tmp_path):
     with FeatureStoreWriter(tmp_path / "s", {"backbone": "t", "feature_dim": 8, "num_classes": 0}) as writer:
         writer.put_many([regions])
     np.testing.assert_array_equal(FeatureStore(tmp_path / "s")["x"].features, regions.features)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("vocab_size", 10**9, "parameters"), ("vocab_size", 1e9, "whole number"), ("num_hidden_layers", 10**5, "at most"),
+    ("num_attention_heads", 0, "whole number >= 1"), ("layer_norm_eps", -1, r"in \(0, 1\)"),
+    ("hidden_dropout_prob", 1.5, "probability"),
+])
+def test_a_config_is_checked_before_anything_is_built(key, value, message):
+    from vilbert.model import ViLBertConfig, load_preset
+
+    with pytest.raises(ValueError, match=f"{key}|{message}"):
+        ViLBertConfig.from_dict({**load_preset("tiny").to_dict(), key: value})

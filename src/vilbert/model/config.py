@@ -22,6 +22,7 @@ ARCHITECTURES = ("two_stream", "single_stream")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 # A config that asks for more is refused before anything is allocated (the paper's model: 0.25e9).
 MAX_PARAMETERS = 5_000_000_000
+MAX_LAYERS = 512  # per stream: a model is built layer by layer, so 10**5 tiny layers take hours
 _SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
           "max_position_embeddings", "type_vocab_size", "v_feature_size", "v_hidden_size", "v_num_hidden_layers",
           "v_num_attention_heads", "v_intermediate_size", "v_target_size", "bi_hidden_size", "bi_num_attention_heads")
@@ -123,6 +124,11 @@ class ViLBertConfig:
         if not isinstance(self.heads, dict) or not all(isinstance(k, str) and isinstance(v, dict)
                                                        for k, v in self.heads.items()):
             raise ValueError(f"heads={self.heads!r}: expected an object of head name -> its arguments")
+        for name in ("num_hidden_layers", "v_num_hidden_layers"):
+            if getattr(self, name) > MAX_LAYERS:
+                raise ValueError(f"{name}={getattr(self, name)}: at most {MAX_LAYERS} layers per stream")
+        if len(self.coattention_before_text_layer) > MAX_LAYERS:
+            raise ValueError(f"{len(self.coattention_before_text_layer)} co-attention layers: at most {MAX_LAYERS}")
         if self.estimated_parameters() > MAX_PARAMETERS:
             raise ValueError(f"this config asks for about {self.estimated_parameters():,} parameters (more than "
                              f"{MAX_PARAMETERS:,}); check vocab_size, the widths and the layer counts")
