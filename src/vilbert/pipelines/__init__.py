@@ -5,23 +5,20 @@ demo both call (the CLI only turns arguments into these dataclasses).
     pretrain(PretrainRun)    masked multimodal modelling + alignment on caption pairs
     finetune(FinetuneRun)    one downstream task, from a saved model or a template
     evaluate(EvaluateRun)    a task's real metric on one split
-    predict(PredictRun)      one image: answer a question, or find what an expression names
-    explain(ExplainRun)      one image and sentence: the co-attention, drawn
 
 `ModelSource` says where a run's model comes from (a saved directory, a preset, a config file).
+Inference on images (answers, boxes, retrieval scores, attention) is `vilbert.inference`.
 """
 
 from vilbert.pipelines.evaluate import EvaluateRun, evaluate
-from vilbert.pipelines.explain import ExplainRun, explain
 from vilbert.pipelines.features import FeaturesRun, extract
 from vilbert.pipelines.finetune import FinetuneResult, FinetuneRun, finetune
 from vilbert.pipelines.models import ModelSource
-from vilbert.pipelines.predict import PredictRun, predict
 from vilbert.pipelines.pretrain import PretrainResult, PretrainRun, pretrain
 from vilbert.pipelines.settings import train_config_for
 
 __all__ = [
-    "EvaluateRun", "ExplainRun", "FeaturesRun", "FinetuneResult", "FinetuneRun", "ModelSource", "PredictRun",
-    "PretrainResult", "PretrainRun", "evaluate", "explain", "extract", "finetune", "predict", "pretrain",
+    "EvaluateRun", "FeaturesRun", "FinetuneResult", "FinetuneRun", "ModelSource",
+    "PretrainResult", "PretrainRun", "evaluate", "extract", "finetune", "pretrain",
     "train_config_for",
 ]
