@@ -226,3 +226,19 @@ def test_default_demo_model_starts_its_text_stream_from_minilm():
         # and the demo's fine-tunes slow down exactly those
         scales = text_stream_lr_scales(model, sizes.finetune_text_lr_scale)
         assert scales == {prefix: sizes.finetune_text_lr_scale for prefix in prefixes}
+
+
+def test_drawing_leaves_a_users_matplotlib_alone(tmp_path):
+    """The library draws on Figure objects: a notebook's backend is not switched, no figure is left open."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    table = make_table("T", [("vilbert", "ViLBERT")], {"vilbert": {"vqa": {"accuracy": 0.5}}})
+    write_results(table, tmp_path, "results")
+    from vilbert.train.logging import plot_curves
+
+    plot_curves([{"step": 1, "loss": 1.0, "lr": 0.1}], [{"step": 1, "val/acc": 0.5}], tmp_path / "curves.png")
+    assert matplotlib.get_backend() == before
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == [] and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -72,3 +72,12 @@ def test_user_vocab_and_errors(tmp_path: Path):
     bad.write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"lacks the special tokens"):
         load_tokenizer(bad)
+
+
+def test_pair_truncation_trims_the_longer_side_and_the_second_on_a_tie(tok):
+    """BERT's `_truncate_seq_pair`, as the original trims VCR's question + answer."""
+    a, b = tok.tokenize("one two three four"), tok.tokenize("five six seven eight")
+    ids, _ = tok.encode_pair("one two three four", "five six seven eight", max_length=3 + 7)
+    assert ids == [tok.cls_id, *a, tok.sep_id, *b[:3], tok.sep_id]  # a tie at 4 + 4: the second loses first
+    ids, _ = tok.encode_pair("one two three four five six", "seven", max_length=3 + 4)
+    assert ids == [tok.cls_id, *tok.tokenize("one two three"), tok.sep_id, *tok.tokenize("seven"), tok.sep_id]

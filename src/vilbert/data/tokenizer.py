@@ -78,14 +78,15 @@ class Tokenizer:
     def encode_pair(self, a: str, b: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
         """`[CLS] a [SEP] b [SEP]` and its segment ids (0 for a's part, 1 for b's).
 
-        When too long, the longer side loses its last piece first, repeatedly (BERT's rule).
+        When too long, the longer side loses its last piece, repeatedly, and on a tie the second
+        (BERT's `_truncate_seq_pair`, which the original uses).
         """
         pa, pb = self.tokenize(a), self.tokenize(b)
         if max_length is not None:
             _check_max_length(max_length, 3)
             budget = max_length - 3
             while len(pa) + len(pb) > budget:
-                if len(pa) >= len(pb):
+                if len(pa) > len(pb):
                     pa.pop()
                 else:
                     pb.pop()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from vilbert.io.atomic import atomic_path, save_png, write_json
 
@@ -137,16 +138,12 @@ def claims_text(claims: list[Claim]) -> str:
 
 def plot_table(table: ResultsTable, path: str | Path) -> Path:
     """A grouped bar chart: one group per column, one bar per row; chance and the answer prior as ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = [c for c, _, _ in COLUMNS]
     n = len(table.rows)
     width = 0.8 / max(n, 1)
     x = np.arange(len(columns))
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(columns)), 4.5))
+    fig = Figure(figsize=(max(8, 1.1 * len(columns)), 4.5))
+    ax = fig.subplots()
     for k, label in enumerate(table.rows):
         heights = [table.values[label].get(c) for c in columns]
         ax.bar(x - 0.4 + width * (k + 0.5), [h if h is not None else 0.0 for h in heights], width, label=label)

@@ -65,11 +65,9 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Write a matplotlib figure as PNG atomically, then close it (figures pile up otherwise)."""
-    import matplotlib.pyplot as plt
-
+    """Write a matplotlib `Figure` as PNG atomically. The library draws on Figure objects, never
+    through pyplot, so it neither switches a notebook's backend nor leaves figures open."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
     return path

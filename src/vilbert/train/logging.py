@@ -10,6 +10,8 @@ import csv
 import math
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from vilbert.io.atomic import DamagedFileError, atomic_path, save_png
 
 TRAIN_CSV = "train_log.csv"
@@ -119,15 +121,11 @@ class RunLogger:
 
 def plot_curves(train_rows: list[dict[str, float]], eval_rows: list[dict[str, float]], path: Path) -> Path:
     """One PNG: losses, learning rate and evaluation metrics against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
     loss_keys = sorted({k for r in train_rows for k in r if "loss" in k})
     eval_keys = sorted({k for r in eval_rows for k in r if k != "step"})
     panels = 2 + (1 if eval_keys else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    fig = Figure(figsize=(5 * panels, 4))
+    axes = fig.subplots(1, panels, squeeze=False)
     for key in loss_keys:
         _line(axes[0, 0], train_rows, key)
     axes[0, 0].set_title("training loss")

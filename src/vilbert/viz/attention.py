@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 
 from vilbert.core.regions import ImageRegions
@@ -77,11 +79,6 @@ def top_regions(maps: AttentionMaps, k: int) -> list[int]:
 def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Path, top_k: int = 4,
                       title: str | None = None, per_word: int = 3) -> Path:
     """Write the PNG described in the module docstring; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     with Image.open(image_path) as img:
         image = np.asarray(img.convert("RGB"))
@@ -89,7 +86,7 @@ def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Pa
     regions = top_regions(maps, top_k)
     cols = min(6, max(1, len(words)))
     word_rows = -(-len(words) // cols)
-    fig = plt.figure(figsize=(3 * max(cols, 3), 3.2 + 2.6 * word_rows + 2.2))
+    fig = Figure(figsize=(3 * max(cols, 3), 3.2 + 2.6 * word_rows + 2.2))
     grid = fig.add_gridspec(2 + word_rows, max(cols, len(regions), 1),
                             height_ratios=[1.4] + [1.0] * word_rows + [0.9])
     # The image with every box; the top regions numbered.
