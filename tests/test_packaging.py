@@ -39,7 +39,7 @@ def test_a_built_wheel_installs_and_works_in_a_fresh_venv(tmp_path):
             "assert 'site-packages' in vilbert.__file__, vilbert.__file__; "
             "print(len(t.load_tokenizer()), t.load_tokenizer().encode('a red cube'))")
     assert _run([python, "-c", code], work).stdout.startswith("30522 [101,")
-    _run([cli, "world", "--out", "w", "--images", "12", "--image-size", "64", "--no-progress"], work)
+    _run([cli, "world", "--out", "w", "--images", "24", "--image-size", "64", "--no-progress"], work)
     _run([cli, "features", "--images", "w/images", "--boxes", "w/proposals.json", "--out", "w/features.lmdb",
           "--image-size", "64", "--no-progress"], work)
     _run([cli, "pretrain", "--data", "w", "--preset", "tiny", "--out", "run", "--max-steps", "2", "--batch-size", "4",
