@@ -24,6 +24,7 @@ ALL_HEADS = {
     "vqa": {"num_answers": 7},
     "pair_score": {},
     "region_score": {},
+    "contrastive": {},
 }
 
 
@@ -70,6 +71,7 @@ def test_every_head_has_its_shape(architecture):
         "vqa": (3, 7),
         "pair_score": (3,),
         "region_score": (3, 5),
+        "contrastive": (3, 3),  # every row's caption against every row's image
     }
     assert (out.logits["region_score"][1, 3:] == -10000.0).all()
 

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alignment-weight", type=float, default=RUN_DEFAULTS.alignment_weight,
                    help="weight of the alignment loss (1: the paper's equal weights; short runs need more, "
                         "see PretrainTask) (default %(default)s)")
+    p.add_argument("--contrastive-weight", type=float, default=RUN_DEFAULTS.contrastive_weight,
+                   help="weight of the dual-encoder contrastive loss that trains retrieval's first stage "
+                        "(0: the paper's three losses) (default %(default)s)")
     add_runtime_args(p)
     return p
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
     result = pretrain(PretrainRun(
         data=args.data, out=args.out, features=args.features, model=model_source(args, DEFAULT_PRESET),
         text_lr_scale=args.text_lr_scale, alignment_weight=args.alignment_weight,
+        contrastive_weight=args.contrastive_weight,
         max_text_length=args.max_text_length or RECIPE.max_text_length,
         max_regions=args.max_regions or TaskData.max_regions,
         train=train_config(args, "pretrain"), resume=args.resume,
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summary(result: PretrainResult, out: str) -> None:
-    keys = ("loss", "masked_word_loss", "masked_region_loss", "alignment_loss", "alignment_acc")
+    keys = ("loss", "masked_word_loss", "masked_region_loss", "alignment_loss", "alignment_acc", "contrastive_loss")
     last = result.last_train
     train_part = ", ".join(f"{k} {float(last[k]):.4f}" for k in keys if last.get(k))
     t = result.train

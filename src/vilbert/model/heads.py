@@ -1,5 +1,6 @@
 """Task heads. Each reads one of the encoder's outputs, named by its `source`:
-"text" (text sequence), "image" (image sequence) or "fused" (pooled_text * pooled_image).
+"text" (text sequence), "image" (image sequence) or "fused" (pooled_text * pooled_image); the
+"dual" source (`ContrastiveHead`) reads each stream run alone, without co-attention.
 
 A head is configured by name in `config.heads` (name -> kwargs). The name picks the head type,
 unless the kwargs carry `"type"` (so two VQA heads can coexist, e.g. "gqa": {"type": "vqa",
@@ -8,6 +9,7 @@ unless the kwargs carry `"type"` (so two VQA heads can coexist, e.g. "gqa": {"ty
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -143,6 +145,51 @@ class RegionScoreHead(nn.Module):
         return self.linear(self.dropout(x)).squeeze(-1)  # [B,R]; padded regions set by the model
 
 
+class ContrastiveHead(nn.Module):
+    """The dual-encoder view: a caption embedding from the text stream alone and an image
+    embedding from the visual stream alone (no co-attention), each mean-pooled over its real
+    positions, projected to a shared `dim`-wide space and L2-normalised; a learnable temperature
+    scales their dot products (CLIP's: initialised to `temperature`, the scale capped at 100).
+
+    Mean pooling, because the shipped all-MiniLM-L6-v2 text stream was trained to give sentence
+    embeddings that way; the [IMG] row is pooled with the regions.
+    """
+
+    source = "dual"
+    MAX_SCALE = 100.0
+
+    def __init__(self, config: ViLBertConfig, image_width: int, dim: int | None = None, temperature: float = 0.07):
+        super().__init__()
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"contrastive head dim={dim!r}: expected a whole number >= 1")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"contrastive head temperature={temperature!r}: expected a number > 0")
+        dim = dim or config.bi_hidden_size
+        self.text_proj = nn.Linear(config.hidden_size, dim)
+        self.image_proj = nn.Linear(image_width, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    @staticmethod
+    def _pool(sequence: Tensor, mask: Tensor) -> Tensor:
+        weights = mask.to(sequence.dtype)[..., None]  # [B,L,1]
+        return (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B,D]
+
+    def embed_text(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        """text-only sequence [B,T,Dt], mask [B,T] -> unit vectors [B,E]."""
+        return F.normalize(self.text_proj(self._pool(sequence, mask)), dim=-1)
+
+    def embed_image(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        """image-only sequence [B,R,Dv], mask [B,R] -> unit vectors [B,E]."""
+        return F.normalize(self.image_proj(self._pool(sequence, mask)), dim=-1)
+
+    def scale(self) -> Tensor:
+        return self.logit_scale.clamp(max=math.log(self.MAX_SCALE)).exp()
+
+    def forward(self, text: Tensor, image: Tensor) -> Tensor:
+        """Unit text [Bt,E] and image [Bi,E] embeddings -> scaled similarities [Bt,Bi]."""
+        return self.scale() * text @ image.T
+
+
 HEAD_TYPES: dict[str, type[nn.Module]] = {
     "masked_word": MaskedWordHead,
     "masked_region": MaskedRegionHead,
@@ -150,6 +197,7 @@ HEAD_TYPES: dict[str, type[nn.Module]] = {
     "vqa": VQAHead,
     "pair_score": PairScoreHead,
     "region_score": RegionScoreHead,
+    "contrastive": ContrastiveHead,
 }
 
 

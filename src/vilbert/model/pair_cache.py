@@ -18,7 +18,7 @@ included), Dt / Dv stream widths, D region feature width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -162,40 +162,45 @@ class CachedPairScorer:
         return head_score(model, head, fused)
 
 
-def _pair_batches(n_text: int, n_image: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """All (caption, image) index pairs, caption-major, in batches of `batch_size`."""
-    total = n_text * n_image
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total))
-        yield flat // n_image, flat % n_image
+def score_pairs(model: ViLBert, text: TextInputs, images: ImageInputs, flat: Tensor, head: str = "pair_score",
+                cached: bool = True, batch_size: int = 256, progress: bool = False) -> Tensor:
+    """Scores [P] (float32, on the model's device) of the pairs `flat` names, caption-major
+    (pair p = caption flat[p] // Ni with image flat[p] % Ni), scored in batches of `batch_size`
+    in the order given.
 
-
-def score_matrix(model: ViLBert, text: TextInputs, images: ImageInputs, head: str = "pair_score",
-                 cached: bool = True, batch_size: int = 256, progress: bool = False) -> Tensor:
-    """Scores of every caption with every image -> [Nt,Ni] (float32, on the model's device).
-
-    `cached=True` uses `CachedPairScorer` for a two-stream model (the single-stream baseline always
-    takes the plain forward). The model is put in eval mode for the duration.
+    `score_matrix` is this over every pair, so a caller that passes all pairs in order (e.g. a
+    re-ranking whose candidates are everything) gets bit-identical scores. `cached=True` uses
+    `CachedPairScorer` for a two-stream model (the single-stream baseline always takes the plain
+    forward). The model is put in eval mode for the duration.
     """
     device = model_device(model)
     text = TextInputs(*(t.to(device) for t in (text.input_ids, text.token_type_ids, text.attention_mask)))
     images = ImageInputs(*(t.to(device) for t in (images.image_features, images.image_locations, images.image_mask)))
     check_score_head(model, head)
-    out = torch.empty(len(text) * len(images), dtype=torch.float32, device=device)
+    flat = flat.to(device=device, dtype=torch.long)
+    n_images = len(images)
+    out = torch.empty(len(flat), dtype=torch.float32, device=device)
     with evaluating(model):
         use_cache = cached and isinstance(model.encoder, TwoStreamEncoder)
         scorer = CachedPairScorer(model, text, images) if use_cache else None
-        total = len(text) * len(images)
-        bar = tqdm(total=total, desc="scoring pairs", unit="pair", disable=not progress)
-        pos = 0
-        for t_idx, i_idx in _pair_batches(len(text), len(images), batch_size):
-            t_idx, i_idx = t_idx.to(device), i_idx.to(device)
+        bar = tqdm(total=len(flat), desc="scoring pairs", unit="pair", disable=not progress)
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start : start + batch_size]
+            t_idx, i_idx = chunk // n_images, chunk % n_images
             if scorer is not None:
                 scores = scorer.score(t_idx, i_idx, head)
             else:
                 scores = plain_pair_scores(model, text, images, t_idx, i_idx, head)
-            out[pos : pos + len(t_idx)] = scores.float()
-            pos += len(t_idx)
-            bar.update(len(t_idx))
+            out[start : start + len(chunk)] = scores.float()
+            bar.update(len(chunk))
         bar.close()
-    return out.view(len(text), len(images))  # [Nt,Ni]
+    return out
+
+
+def score_matrix(model: ViLBert, text: TextInputs, images: ImageInputs, head: str = "pair_score",
+                 cached: bool = True, batch_size: int = 256, progress: bool = False) -> Tensor:
+    """Scores of every caption with every image -> [Nt,Ni] (float32, on the model's device):
+    `score_pairs` over all pairs, caption-major."""
+    flat = torch.arange(len(text) * len(images))
+    scores = score_pairs(model, text, images, flat, head, cached, batch_size, progress)
+    return scores.view(len(text), len(images))  # [Nt,Ni]

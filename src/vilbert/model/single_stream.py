@@ -45,3 +45,17 @@ class SingleStreamEncoder(nn.Module):
                 # The text->image and image->text blocks of the joint attention [B,H,T+R,T+R].
                 crosses.append((probs[:, :, :t, t:], probs[:, :, t:, :t]))
         return x[:, :t], x[:, t:], crosses
+
+    def text_only(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        """Words alone through the shared layers (the dual-encoder view)."""
+        return self._alone(text, text_mask)  # [B,T,D]
+
+    def image_only(self, image: Tensor, image_mask: Tensor) -> Tensor:
+        """Regions alone through the shared layers."""
+        return self._alone(image, image_mask)  # [B,R,D]
+
+    def _alone(self, x: Tensor, mask: Tensor) -> Tensor:
+        key = None if bool(mask.all()) else mask[:, None, None, :]
+        for layer in self.layers:
+            x, _ = layer(x, key)
+        return x

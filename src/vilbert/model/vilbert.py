@@ -9,13 +9,13 @@ C region classes, A answers, N masked words in the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from vilbert.model.config import ViLBertConfig
-from vilbert.model.heads import MaskedWordHead, build_head
+from vilbert.model.heads import ContrastiveHead, MaskedWordHead, build_head
 from vilbert.model.layers import CoAttentionLayer, ImageEmbeddings, Pooler, TextEmbeddings, TransformerLayer, key_mask
 from vilbert.model.single_stream import SingleStreamEncoder
 
@@ -87,6 +87,20 @@ class TwoStreamEncoder(nn.Module):
                 if probs is not None:
                     probs.append((t2i, i2t))
         return text, image, probs
+
+    def text_only(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        """The text stream alone: every text layer in order, no co-attention (the dual-encoder view)."""
+        mask = key_mask(text_mask)
+        for layer in self.text_layers:
+            text, _ = layer(text, mask)
+        return text  # [B,T,Dt]
+
+    def image_only(self, image: Tensor, image_mask: Tensor) -> Tensor:
+        """The visual stream alone: every visual layer in order, no co-attention."""
+        mask = key_mask(image_mask)
+        for layer in self.visual_layers:
+            image, _ = layer(image, mask)
+        return image  # [B,R,Dv]
 
 
 class ViLBert(nn.Module):
@@ -168,6 +182,28 @@ class ViLBert(nn.Module):
         if image_features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"batch sizes differ: text {input_ids.shape[0]}, images {image_features.shape[0]}")
 
+    def _dual_head(self, head: str) -> ContrastiveHead:
+        if head not in self.heads or not isinstance(self.heads[head], ContrastiveHead):
+            raise KeyError(f"model has no contrastive head {head!r} (the first stage needs one: pretrain or "
+                           f"fine-tune with contrastive_weight > 0); its heads: {', '.join(self.heads) or '(none)'}")
+        return self.heads[head]
+
+    def embed_text(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor,
+                   head: str = "contrastive") -> Tensor:
+        """Captions [B,T] -> unit embeddings [B,E] from the text stream alone (no image)."""
+        projection = self._dual_head(head)
+        mask = attention_mask.bool()
+        text = self.encoder.text_only(self.text_embeddings(input_ids, token_type_ids), mask)
+        return projection.embed_text(text, mask)
+
+    def embed_images(self, image_features: Tensor, image_locations: Tensor, image_mask: Tensor,
+                     head: str = "contrastive") -> Tensor:
+        """Images [B,R,D] -> unit embeddings [B,E] from the visual stream alone (no text)."""
+        projection = self._dual_head(head)
+        mask = image_mask.bool()
+        image = self.encoder.image_only(self.image_embeddings(image_features, image_locations), mask)
+        return projection.embed_image(image, mask)
+
     def forward(
         self,
         input_ids: Tensor,
@@ -179,11 +215,16 @@ class ViLBert(nn.Module):
         heads: Sequence[str] = (),
         masked_word_positions: Tensor | None = None,
         output_attentions: bool = False,
+        dual_inputs: Mapping[str, Tensor] | None = None,
     ) -> ViLBertOutput:
         """Encode a batch and compute only the heads named in `heads`.
 
         `masked_word_positions` (bool [B,T]) restricts masked_word logits to those positions
-        ([N,V]); without it they cover every position ([B,T,V]).
+        ([N,V]); without it they cover every position ([B,T,V]). A contrastive head's logits are
+        the scaled similarities [Bd,Bd] of every row's caption with every row's image, each
+        embedded by its stream alone, from `dual_inputs` (the six model inputs, e.g. pretraining's
+        unmasked captions and regions) or else from the batch itself; computing them in the same
+        forward keeps one forward per step, as DDP expects.
         """
         if isinstance(heads, str):
             heads = (heads,)
@@ -201,7 +242,14 @@ class ViLBert(nn.Module):
         fused_in = self.fused_dropout(fused) if any(self.heads[h].source == "fused" for h in heads) else None
         for name in heads:
             head = self.heads[name]
-            if isinstance(head, MaskedWordHead):
+            if isinstance(head, ContrastiveHead):
+                d = dual_inputs if dual_inputs is not None else {
+                    "input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+                    "image_features": image_features, "image_locations": image_locations, "image_mask": image_mask}
+                text_emb = self.embed_text(d["input_ids"], d["token_type_ids"], d["attention_mask"], name)
+                image_emb = self.embed_images(d["image_features"], d["image_locations"], d["image_mask"], name)
+                out.logits[name] = head(text_emb, image_emb)  # [Bd,Bd]
+            elif isinstance(head, MaskedWordHead):
                 rows = text if masked_word_positions is None else text[masked_word_positions.bool()]  # [N,Dt]
                 out.logits[name] = head(rows, self.text_embeddings.word.weight)
             elif head.source == "fused":

@@ -2,6 +2,8 @@
 
 A model (saved, or built from a template) scored on one split of one task with the task's real
 metric; a saved model directory alone describes the model and its heads (VQA's answers included).
+Retrieval can rank in two stages (`rerank_top`: the first stage's embeddings, then ViLBERT on each
+query's top K), against scoring every pair when `exhaustive` is set; see `vilbert.tasks.retrieval`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,21 @@ class EvaluateRun:
     batch_size: int = 64  # rows per forward
     device: str = "auto"
     seed: int = 0  # the initial weights of a template
+    rerank_top: int | None = None  # retrieval: re-rank each query's first-stage top K (None: every pair)
+    exhaustive: bool = False  # with rerank_top: score every pair too, and report both
+
+
+RERANK_TASKS = ("retrieval", "zero_shot_retrieval")
 
 
 def evaluate(run: EvaluateRun, log: Log = stderr_log("vilbert evaluate")) -> dict[str, Any]:
     """{"task", "split", "checkpoint", "metrics"}; a model lacking the task's heads is an error."""
-    task = build_task(run.task, run.data, run.features, **run.options)
+    options = dict(run.options)
+    if run.rerank_top is not None or run.exhaustive:
+        if run.task not in RERANK_TASKS:
+            raise ValueError(f"--rerank-top and --exhaustive apply to {' and '.join(RERANK_TASKS)}, not {run.task!r}")
+        options.update(rerank_top=run.rerank_top, exhaustive=run.exhaustive)
+    task = build_task(run.task, run.data, run.features, **options)
     model = run.model.build(task.store.meta, task.store.path, run.seed, log).to(resolve_device(run.device))
     missing = [h for h in task.required_heads() if h not in model.heads]
     if missing:

@@ -43,6 +43,7 @@ class PretrainRun:
     model: ModelSource = field(default_factory=lambda: ModelSource(preset="small"))
     text_lr_scale: float = 0.1  # the original pretrains the BERT-initialised weights at a tenth of the rate
     alignment_weight: float = 1.0  # 1 = the paper's equal weights (see PretrainTask)
+    contrastive_weight: float = 0.0  # the dual-encoder loss (retrieval's first stage); 0 = the paper's three losses
     max_text_length: int = RECIPE.max_text_length
     max_regions: int = TaskData.max_regions
     train: TrainConfig = field(default_factory=lambda: train_config_for("pretrain"))
@@ -117,6 +118,7 @@ def pretrain(run: PretrainRun, log: Log = stderr_log("vilbert pretrain")) -> Pre
         task = PretrainTask(
             TaskData(str(run.data), str(features), max_text_length=run.max_text_length, max_regions=run.max_regions),
             data_fraction=run.train.data_fraction, alignment_weight=run.alignment_weight,
+            contrastive_weight=run.contrastive_weight,
         )
         text_init = resolve_text_init(run.model.text_init, config)
         model = new_model(config, text_init, run.train.seed, say)  # the same initial weights in every process

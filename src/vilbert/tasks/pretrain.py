@@ -11,6 +11,10 @@ The recipe of the paper (Lu et al. 2019), as one `Task`:
   initialisation its gradient into the shared layers is ~1000x smaller than the masked-word
   loss's (it passes through two fresh poolers and their product), which the paper's 10 epochs
   outgrow and a few hundred steps do not (the demo uses 100; see README).
+- `contrastive_weight` (default 0: the paper's three losses, unchanged) adds the dual-encoder
+  objective (`vilbert.tasks.contrastive`): every row's own caption and image, unmasked, embedded
+  by each stream alone, against the batch's other rows. It gives retrieval a first stage
+  (`vilbert.model.two_stage`) that shares the streams' weights.
 
 Misaligned rows are corrupted like aligned ones (as the original does) but get no masked-
 modelling loss: corrupting only aligned rows would let the alignment head read "this row has
@@ -41,6 +45,7 @@ from vilbert.core.subsets import data_subset
 from vilbert.data.masking import IGNORE_INDEX, mask_regions, mask_words, region_kl_loss
 from vilbert.data.readers.captions import CaptionPair, read_captions
 from vilbert.tasks.common import RegionTextTask, TaskData
+from vilbert.tasks.contrastive import HEAD as CONTRASTIVE, contrastive_loss, positive_pairs
 from vilbert.tasks.registry import Recipe, register_task
 
 HEADS = ("masked_word", "masked_region", "alignment")
@@ -117,11 +122,14 @@ class PretrainTask(RegionTextTask):
         misaligned_prob: float = 0.5,
         data_fraction: float = 1.0,
         alignment_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
     ) -> None:
         super().__init__(data)
-        if not alignment_weight >= 0:
-            raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight}")
+        for name, value in (("alignment_weight", alignment_weight), ("contrastive_weight", contrastive_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.alignment_weight = alignment_weight
+        self.contrastive_weight = contrastive_weight
         self.word_mask_prob = word_mask_prob
         self.region_mask_prob = region_mask_prob
         self.misaligned_prob = misaligned_prob
@@ -183,7 +191,11 @@ class PretrainTask(RegionTextTask):
         return classes
 
     def required_heads(self) -> dict[str, dict[str, Any]]:
-        return {"masked_word": {}, "masked_region": {"num_classes": self.num_region_classes()}, "alignment": {}}
+        heads: dict[str, dict[str, Any]] = {"masked_word": {}, "masked_region": {"num_classes": self.num_region_classes()},
+                                            "alignment": {}}
+        if self.contrastive_weight > 0:
+            heads[CONTRASTIVE] = {}
+        return heads
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -191,7 +203,11 @@ class PretrainTask(RegionTextTask):
         """Pick negatives, tokenize, read regions, mask words and regions (all rows).
 
         targets: word_labels [B,T] (-1 = not predicted; misaligned rows all -1), region_masked
-        [B,R] bool (aligned rows only), region_target [B,R,C] (cls_prob), alignment [B] (0 = aligned).
+        [B,R] bool (aligned rows only), region_target [B,R,C] (cls_prob), alignment [B] (0 = aligned);
+        with a contrastive weight also each row's own caption and its regions, unmasked
+        (dual_input_ids, dual_token_type_ids, dual_attention_mask [B,T'], dual_image_features
+        [B,R,D]) and dual_positives [B,B]. Those draw no random numbers, so the masks and
+        negatives are the same at any weight.
         """
         if not examples:
             raise ValueError("pretraining collate needs at least one example")
@@ -211,6 +227,7 @@ class PretrainTask(RegionTextTask):
             self.word_mask_prob, generator,
         )
         features, region_chosen = mask_regions(batch.image_features, batch.image_mask, self.region_mask_prob, generator)
+        clean_features = batch.image_features
         batch.input_ids, batch.image_features = input_ids, features
         batch.targets = {
             "word_labels": word_labels.masked_fill(~aligned[:, None], IGNORE_INDEX),
@@ -218,6 +235,11 @@ class PretrainTask(RegionTextTask):
             "region_target": regions.cls_prob,
             "alignment": torch.where(aligned, ALIGNED, MISALIGNED).long(),
         }
+        if self.contrastive_weight > 0:
+            own = [e.caption for e in examples]  # the row's own caption, also where alignment replaced it
+            ids, types, mask = self.encode_texts(own)
+            batch.targets.update(dual_input_ids=ids, dual_token_type_ids=types, dual_attention_mask=mask,
+                                 dual_image_features=clean_features, dual_positives=positive_pairs(own, image_ids))
         batch.meta = {"index": [e.index for e in examples], "image_id": image_ids, "caption": texts}
         return batch
 
@@ -227,7 +249,15 @@ class PretrainTask(RegionTextTask):
         """Sums and counts of the three objectives over the batch (fp32)."""
         t = batch.targets
         positions = t["word_labels"] != IGNORE_INDEX  # [B,T]
-        out = model(**batch.model_inputs(), heads=HEADS, masked_word_positions=positions)
+        dual = self.contrastive_weight > 0
+        extra: dict[str, Any] = {}
+        if dual:  # the same forward (one per step, as DDP expects) embeds the unmasked pairs
+            extra["dual_inputs"] = {
+                "input_ids": t["dual_input_ids"], "token_type_ids": t["dual_token_type_ids"],
+                "attention_mask": t["dual_attention_mask"], "image_features": t["dual_image_features"],
+                "image_locations": batch.image_locations, "image_mask": batch.image_mask}
+        out = model(**batch.model_inputs(), heads=HEADS + ((CONTRASTIVE,) if dual else ()),
+                    masked_word_positions=positions, **extra)
         word_logits = out.logits["masked_word"].float()  # [N,V]
         word_labels = t["word_labels"][positions]  # [N]
         region_logits = out.logits["masked_region"]  # [B,R,C]
@@ -238,7 +268,12 @@ class PretrainTask(RegionTextTask):
             )
         align_logits = out.logits["alignment"].float()  # [B,2]
         n_regions = t["region_masked"].sum()
-        return {
+        terms = {}
+        if dual:
+            loss, accuracy = contrastive_loss(out.logits[CONTRASTIVE], t["dual_positives"])
+            rows = torch.tensor(len(t["alignment"]), device=align_logits.device)
+            terms = {"contrastive_sum": loss * rows, "contrastive_n": rows, "contrastive_correct": accuracy * rows}
+        return terms | {
             "word_sum": F.cross_entropy(word_logits, word_labels, reduction="sum"),
             "word_n": positions.sum(),
             "word_correct": (word_logits.detach().argmax(-1) == word_labels).sum(),
@@ -252,8 +287,8 @@ class PretrainTask(RegionTextTask):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """masked-word CE (mean over masked words of aligned rows) + masked-region KL (mean over
-        masked regions of aligned rows) + alignment_weight x alignment CE (mean over rows); each 0
-        when empty."""
+        masked regions of aligned rows) + alignment_weight x alignment CE (mean over rows), each 0
+        when empty; + contrastive_weight x the contrastive loss when that weight is not 0."""
         s = self._terms(model, batch)
         word = s["word_sum"] / s["word_n"].clamp(min=1)
         region = s["region_sum"] / s["region_n"].clamp(min=1)
@@ -265,11 +300,18 @@ class PretrainTask(RegionTextTask):
             "alignment_acc": float(s["align_correct"]) / float(s["align_n"]),
             "masked_word_acc": float(s["word_correct"]) / max(1, int(s["word_n"])),
         }
-        return word + region + self.alignment_weight * align, stats
+        total = word + region + self.alignment_weight * align
+        if "contrastive_sum" in s:
+            contrastive = s["contrastive_sum"] / s["contrastive_n"]
+            stats.update(contrastive_loss=float(contrastive.detach()),
+                         contrastive_acc=float(s["contrastive_correct"]) / float(s["contrastive_n"]))
+            total = total + self.contrastive_weight * contrastive
+        return total, stats
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
         """The three losses (averaged over the whole split's masked words / regions / rows) and
-        the alignment and masked-word accuracies, with fixed negatives and masks."""
+        the alignment and masked-word accuracies, with fixed negatives and masks; with a
+        contrastive weight also its loss and accuracy (in-batch: they depend on `batch_size`)."""
         data = self.dataset(split)
         items = [data[i] for i in range(len(data))]
         generator = torch.Generator().manual_seed(EVAL_SEED)
@@ -283,7 +325,7 @@ class PretrainTask(RegionTextTask):
         word = totals["word_sum"] / max(1.0, totals["word_n"])
         region = totals["region_sum"] / max(1.0, totals["region_n"])
         align = totals["align_sum"] / max(1.0, totals["align_n"])
-        return {
+        metrics = {
             "loss": word + region + self.alignment_weight * align,
             "masked_word_loss": word,
             "masked_region_loss": region,
@@ -291,3 +333,9 @@ class PretrainTask(RegionTextTask):
             "alignment_acc": totals["align_correct"] / max(1.0, totals["align_n"]),
             "masked_word_acc": totals["word_correct"] / max(1.0, totals["word_n"]),
         }
+        if "contrastive_n" in totals:
+            contrastive = totals["contrastive_sum"] / max(1.0, totals["contrastive_n"])
+            metrics["loss"] += self.contrastive_weight * contrastive
+            metrics.update(contrastive_loss=contrastive,
+                           contrastive_acc=totals["contrastive_correct"] / max(1.0, totals["contrastive_n"]))
+        return metrics

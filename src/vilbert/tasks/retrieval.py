@@ -16,11 +16,24 @@ Zero-shot (`zero_shot=True`, or the task `zero_shot_retrieval`): the pretrained 
 scores the pairs, log P(aligned) (index 0; the original ranks by its softmax, same order); there
 is no training.
 
+The dual-encoder view (`contrastive_weight` > 0 adds its loss, `vilbert.tasks.contrastive`, over
+the batch's true pairs) gives a first stage: with `rerank_top=K` evaluation ranks by embedding
+dot products, then ViLBERT re-scores each query's K best only (`vilbert.model.two_stage`), and
+reports (flat keys, for the trainer's logs and `vilbert evaluate`):
+    ir_rK, tr_rK              the two-stage recalls (the evaluation's result); seconds, pairs: its
+                              wall time (first stage included) and ViLBERT pair scores computed
+    first_stage_*             the first stage alone (its recalls, seconds; pairs 0)
+    exhaustive_*              with `exhaustive=True`: every pair scored, and speedup (its seconds
+                              over the two-stage's)
+A query's re-ranked candidates rank above the rest, and the rest keep their first-stage order,
+so with K = N the two-stage ranking is the exhaustive one, exactly.
+
 Dimension letters: Q training captions in a batch, Nt captions, Ni images.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,10 +44,12 @@ from torch import nn
 
 from vilbert.core.batch import Batch
 from vilbert.core.regions import RegionBatch
-from vilbert.core.runtime import unwrap_model
+from vilbert.core.runtime import model_device, unwrap_model
 from vilbert.data.readers.flickr30k import RetrievalImage, read_flickr30k
 from vilbert.model.pair_cache import ImageInputs, TextInputs, score_matrix
+from vilbert.model.two_stage import TwoStageScores, first_stage_scores, two_stage_scores
 from vilbert.tasks.common import RegionTextTask, TaskData
+from vilbert.tasks.contrastive import HEAD as CONTRASTIVE, contrastive_loss, positive_pairs
 from vilbert.tasks.registry import Recipe, register_task
 
 CHOICES = 4  # true pair, random caption, random image, hard-negative caption
@@ -58,22 +73,39 @@ class RetrievalSplit:
     first_caption: list[int]  # [Ni] index of each image's first caption
 
 
-def image_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor,
-                           ks: Sequence[int] = KS) -> dict[str, float]:
-    """scores [Nt,Ni], caption_image [Nt] -> ir_rK: share of captions whose image ranks < K."""
+def _at_or_above(scores: torch.Tensor, tier: torch.Tensor | None, ref_score: torch.Tensor,
+                 ref_tier: torch.Tensor | None) -> torch.Tensor:
+    """Candidates ranked at or above a reference: by tier first (re-ranked above the rest), then score."""
+    if tier is None:
+        return scores >= ref_score
+    return (tier > ref_tier) | ((tier == ref_tier) & (scores >= ref_score))
+
+
+def image_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = KS,
+                           tier: torch.Tensor | None = None) -> dict[str, float]:
+    """scores [Nt,Ni], caption_image [Nt] -> ir_rK: share of captions whose image ranks < K.
+    `tier` ([Nt,Ni] bool, optional) ranks True before False whatever the scores (re-ranked pairs)."""
     true = scores.gather(1, caption_image[:, None])  # [Nt,1]
+    true_tier = None if tier is None else tier.gather(1, caption_image[:, None])
     others = torch.ones_like(scores, dtype=torch.bool).scatter_(1, caption_image[:, None], False)
-    rank = ((scores >= true) & others).sum(1)  # [Nt], ties count against the truth
+    rank = (_at_or_above(scores, tier, true, true_tier) & others).sum(1)  # [Nt], ties count against the truth
     return {f"ir_r{k}": float((rank < k).float().mean()) for k in ks}
 
 
-def text_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor,
-                          ks: Sequence[int] = KS) -> dict[str, float]:
-    """scores [Nt,Ni], caption_image [Nt] -> tr_rK: share of images with one of their captions ranked < K."""
+def text_retrieval_recall(scores: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = KS,
+                          tier: torch.Tensor | None = None) -> dict[str, float]:
+    """scores [Nt,Ni], caption_image [Nt] -> tr_rK: share of images with one of their captions ranked < K.
+    `tier` as in `image_retrieval_recall`; an image's best own caption is its best by (tier, score)."""
     n_images = scores.shape[1]
     own = caption_image[:, None] == torch.arange(n_images, device=scores.device)[None]  # [Nt,Ni]
-    best_own = scores.masked_fill(~own, float("-inf")).max(0).values  # [Ni]
-    rank = ((scores >= best_own[None]) & ~own).sum(0)  # [Ni] wrong captions at or above the best own one
+    best_tier = None
+    if tier is not None:
+        best_tier = tier.masked_fill(~own, False).any(0)[None]  # [1,Ni] an own caption is re-ranked
+        own_best = own & (tier == best_tier)
+    else:
+        own_best = own
+    best_own = scores.masked_fill(~own_best, float("-inf")).max(0).values  # [Ni]
+    rank = (_at_or_above(scores, tier, best_own[None], best_tier) & ~own).sum(0)  # [Ni] wrong captions at or above
     return {f"tr_r{k}": float((rank < k).float().mean()) for k in ks}
 
 
@@ -81,6 +113,35 @@ def recalls(scores: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int]
     """Both directions' recall@K from one caption x image score matrix."""
     scores, caption_image = scores.float().cpu(), caption_image.cpu()
     return {**image_retrieval_recall(scores, caption_image, ks), **text_retrieval_recall(scores, caption_image, ks)}
+
+
+def two_stage_recalls(result: TwoStageScores, caption_image: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Both directions' recall@K of a two-stage ranking: each query's re-ranked candidates by
+    ViLBERT's score, above the rest in their first-stage order."""
+    first, rescored, caption_image = result.first.float().cpu(), result.rescored.float().cpu(), caption_image.cpu()
+    by_image = result.image_candidates.cpu()
+    by_text = result.text_candidates.cpu()
+    return {**image_retrieval_recall(torch.where(by_image, rescored, first), caption_image, ks, by_image),
+            **text_retrieval_recall(torch.where(by_text, rescored, first), caption_image, ks, by_text)}
+
+
+@dataclass
+class Ranking:
+    """One way of ranking a split: its recalls, wall time and the ViLBERT pair scores it computed."""
+
+    recalls: dict[str, float]
+    seconds: float
+    pairs: int
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}{k}": v for k, v in self.recalls.items()} | {f"{prefix}seconds": self.seconds,
+                                                                       f"{prefix}pairs": float(self.pairs)}
+
+
+def _synchronize(model: nn.Module) -> None:
+    device = model_device(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def nearest_images(means: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,16 +163,30 @@ class RetrievalTask(RegionTextTask):
     per-caption and per-image work; False = the plain forward), `pair_batch_size` (pairs per
     forward in evaluation; default the evaluate call's batch_size), `progress` (tqdm bar),
     `eval_images` (evaluation splits keep only their first N images and those images' captions, as
-    the original reports COCO on 1k-image subsets; the cost grows with images x captions).
+    the original reports COCO on 1k-image subsets; the cost grows with images x captions),
+    `contrastive_weight` (the dual-encoder loss's weight; 0 = the paper's 4-way loss alone),
+    `rerank_top` (evaluate in two stages, re-ranking each query's K best; see the module
+    docstring) and `exhaustive` (with `rerank_top`: also score every pair, for comparison).
     """
 
     def __init__(self, data: TaskData, zero_shot: bool = False, hard_pool: int = 100, cached: bool = True,
-                 pair_batch_size: int | None = None, progress: bool = True, eval_images: int | None = None) -> None:
+                 pair_batch_size: int | None = None, progress: bool = True, eval_images: int | None = None,
+                 contrastive_weight: float = 0.0, rerank_top: int | None = None, exhaustive: bool = False) -> None:
         super().__init__(data)
         if hard_pool < 1:
             raise ValueError(f"hard_pool must be >= 1, got {hard_pool}")
         if eval_images is not None and eval_images < 2:
             raise ValueError(f"eval_images must be >= 2 (or None for the whole split), got {eval_images}")
+        if not contrastive_weight >= 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
+        if rerank_top is not None and (isinstance(rerank_top, bool) or not isinstance(rerank_top, int)
+                                       or rerank_top < 1):
+            raise ValueError(f"rerank_top must be a whole number >= 1 (or None: score every pair), got {rerank_top!r}")
+        if exhaustive and rerank_top is None:
+            raise ValueError("exhaustive compares a two-stage evaluation with scoring every pair: give rerank_top too")
+        self.contrastive_weight = contrastive_weight
+        self.rerank_top = rerank_top
+        self.exhaustive = exhaustive
         self.eval_images = eval_images
         self.zero_shot = zero_shot
         self.hard_pool = hard_pool
@@ -126,7 +201,10 @@ class RetrievalTask(RegionTextTask):
         return "alignment" if self.zero_shot else "pair_score"
 
     def required_heads(self) -> dict[str, dict]:
-        return {self.score_head: {}}
+        heads: dict[str, dict] = {self.score_head: {}}
+        if self.contrastive_weight > 0:
+            heads[CONTRASTIVE] = {}
+        return heads
 
     def split(self, split: str) -> RetrievalSplit:
         if split not in self._splits:
@@ -190,16 +268,31 @@ class RetrievalTask(RegionTextTask):
         read = self.regions(unique)
         index = torch.tensor([unique.index(x) for x in ids])
         regions = RegionBatch(read.features[index], read.locations[index], read.mask[index])
+        targets = {"label": torch.zeros(len(examples), dtype=torch.long)}
+        if self.contrastive_weight > 0:  # the true pairs (choice 0) against each other
+            targets["dual_positives"] = positive_pairs([data.captions[row.caption] for row in examples],
+                                                       [row.image for row in examples])
         return self.make_batch([data.captions[c] for c, _ in pairs], ids, regions=regions,
-                               targets={"label": torch.zeros(len(examples), dtype=torch.long)},
-                               meta={"pairs": pairs})
+                               targets=targets, meta={"pairs": pairs})
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = model(**batch.model_inputs(), heads=("pair_score",)).logits["pair_score"]
-        scores = scores.view(-1, CHOICES)  # [Q*4] -> [Q,4], choice 0 = the true pair
+        """4-way cross-entropy (+ contrastive_weight x the contrastive loss over the true pairs)."""
+        inputs = batch.model_inputs()
+        if self.contrastive_weight > 0:
+            true_pairs = {name: value[::CHOICES] for name, value in inputs.items()}  # [Q*4,...] -> [Q,...]
+            out = model(**inputs, heads=("pair_score", CONTRASTIVE), dual_inputs=true_pairs)
+        else:
+            out = model(**inputs, heads=("pair_score",))
+        scores = out.logits["pair_score"].view(-1, CHOICES)  # [Q*4] -> [Q,4], choice 0 = the true pair
         loss = F.cross_entropy(scores.float(), batch.targets["label"])
         acc = (scores.detach().argmax(1) == batch.targets["label"]).float().mean()
-        return loss, {"accuracy": float(acc)}
+        stats = {"accuracy": float(acc)}
+        if self.contrastive_weight > 0:
+            dual, dual_acc = contrastive_loss(out.logits[CONTRASTIVE], batch.targets["dual_positives"])
+            stats.update(four_way_loss=float(loss.detach()), contrastive_loss=float(dual.detach()),
+                         contrastive_acc=float(dual_acc))
+            loss = loss + self.contrastive_weight * dual
+        return loss, stats
 
     def inputs(self, split: str) -> tuple[TextInputs, ImageInputs]:
         """Every caption and every image of `split` once, as the scorer takes them."""
@@ -217,8 +310,51 @@ class RetrievalTask(RegionTextTask):
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
         """Recall@1/5/10 for image retrieval (ir_rK) and text retrieval (tr_rK) over the split (or its
-        first `eval_images` images)."""
-        return recalls(self.scores(model, split, batch_size), self.split(split).caption_image)
+        first `eval_images` images); with `rerank_top`, in two stages (module docstring)."""
+        if self.rerank_top is None:
+            return recalls(self.scores(model, split, batch_size), self.split(split).caption_image)
+        first = self.first_stage(model, split)
+        two = self.two_stage(model, split, self.rerank_top, batch_size)
+        metrics = two.recalls | {"rerank_top": float(self.rerank_top), "seconds": two.seconds,
+                                 "pairs": float(two.pairs)} | first.metrics("first_stage_")
+        if self.exhaustive:
+            every = self.exhaustive_ranking(model, split, batch_size)
+            metrics |= every.metrics("exhaustive_") | {"speedup": every.seconds / max(two.seconds, 1e-9)}
+        return metrics
+
+    # -- the rankings compared: each timed from the split's inputs (read once) to its recalls ------
+
+    def first_stage(self, model: nn.Module, split: str) -> Ranking:
+        """Embedding dot products alone: no pair is scored by ViLBERT."""
+        text, images = self.inputs(split)
+        model = unwrap_model(model)
+        start = time.perf_counter()
+        first = first_stage_scores(model, text, images, self.pair_batch_size or 256)
+        _synchronize(model)
+        seconds = time.perf_counter() - start
+        return Ranking(recalls(first, self.split(split).caption_image), seconds, 0)
+
+    def two_stage(self, model: nn.Module, split: str, k: int, batch_size: int = 64) -> Ranking:
+        """The first stage, then ViLBERT's score on each query's k best, both directions."""
+        text, images = self.inputs(split)
+        model = unwrap_model(model)
+        start = time.perf_counter()
+        result = two_stage_scores(model, text, images, k, head=self.score_head, cached=self.cached,
+                                  batch_size=self.pair_batch_size or batch_size, progress=self.progress)
+        _synchronize(model)
+        seconds = time.perf_counter() - start
+        return Ranking(two_stage_recalls(result, self.split(split).caption_image), seconds, result.pairs)
+
+    def exhaustive_ranking(self, model: nn.Module, split: str, batch_size: int = 64) -> Ranking:
+        """Every caption with every image through ViLBERT."""
+        text, images = self.inputs(split)
+        model = unwrap_model(model)
+        start = time.perf_counter()
+        scores = score_matrix(model, text, images, head=self.score_head, cached=self.cached,
+                              batch_size=self.pair_batch_size or batch_size, progress=self.progress)
+        _synchronize(model)
+        seconds = time.perf_counter() - start
+        return Ranking(recalls(scores, self.split(split).caption_image), seconds, scores.numel())
 
 
 @register_task("zero_shot_retrieval", RECIPE)  # evaluation only: the recipe gives its data and text length
