@@ -182,7 +182,8 @@ class ViLBert(nn.Module):
         if image_features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"batch sizes differ: text {input_ids.shape[0]}, images {image_features.shape[0]}")
 
-    def _dual_head(self, head: str) -> ContrastiveHead:
+    def contrastive_head(self, head: str = "contrastive") -> ContrastiveHead:
+        """The named contrastive head (the first stage); a model without one is a KeyError saying so."""
         if head not in self.heads or not isinstance(self.heads[head], ContrastiveHead):
             raise KeyError(f"model has no contrastive head {head!r} (the first stage needs one: pretrain or "
                            f"fine-tune with contrastive_weight > 0); its heads: {', '.join(self.heads) or '(none)'}")
@@ -191,7 +192,7 @@ class ViLBert(nn.Module):
     def embed_text(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor,
                    head: str = "contrastive") -> Tensor:
         """Captions [B,T] -> unit embeddings [B,E] from the text stream alone (no image)."""
-        projection = self._dual_head(head)
+        projection = self.contrastive_head(head)
         mask = attention_mask.bool()
         text = self.encoder.text_only(self.text_embeddings(input_ids, token_type_ids), mask)
         return projection.embed_text(text, mask)
@@ -199,7 +200,7 @@ class ViLBert(nn.Module):
     def embed_images(self, image_features: Tensor, image_locations: Tensor, image_mask: Tensor,
                      head: str = "contrastive") -> Tensor:
         """Images [B,R,D] -> unit embeddings [B,E] from the visual stream alone (no text)."""
-        projection = self._dual_head(head)
+        projection = self.contrastive_head(head)
         mask = image_mask.bool()
         image = self.encoder.image_only(self.image_embeddings(image_features, image_locations), mask)
         return projection.embed_image(image, mask)
