@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vilbert.cli.evaluate", "evaluate a checkpoint on a task split"),
     "predict": ("vilbert.cli.predict", "answer a question or ground an expression on one image"),
     "explain": ("vilbert.cli.explain", "draw the co-attention between words and regions"),
+    "serve": ("vilbert.cli.serve", "a local web page: ask a model about your images"),
     "convert": ("vilbert.cli.convert", "convert an original ViLBERT checkpoint to our format"),
 }
 

@@ -76,12 +76,20 @@ def top_regions(maps: AttentionMaps, k: int) -> list[int]:
     return [int(r) + 1 for r in np.argsort(-received, kind="stable")[:k]]
 
 
-def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Path, top_k: int = 4,
+def draw_co_attention(image_path: str | Path | Image.Image, maps: AttentionMaps, out: str | Path, top_k: int = 4,
                       title: str | None = None, per_word: int = 3) -> Path:
     """Write the PNG described in the module docstring; returns its path."""
+    return save_png(co_attention_figure(image_path, maps, top_k, title, per_word), out, dpi=90)
 
-    with Image.open(image_path) as img:
-        image = np.asarray(img.convert("RGB"))
+
+def co_attention_figure(image_path: str | Path | Image.Image, maps: AttentionMaps, top_k: int = 4,
+                        title: str | None = None, per_word: int = 3) -> Figure:
+    """The figure of `draw_co_attention` (for a caller that renders it elsewhere, e.g. a web page)."""
+    if isinstance(image_path, Image.Image):
+        image = np.asarray(image_path.convert("RGB"))
+    else:
+        with Image.open(image_path) as img:
+            image = np.asarray(img.convert("RGB"))
     words = maps.word_rows() or list(range(len(maps.tokens)))
     regions = top_regions(maps, top_k)
     cols = min(6, max(1, len(words)))
@@ -123,4 +131,4 @@ def draw_co_attention(image_path: str | Path, maps: AttentionMaps, out: str | Pa
     layers = ", ".join(str(k) for k in maps.layers)
     fig.suptitle(f"co-attention averaged over heads and layers {layers}", fontsize=10)
     fig.tight_layout()
-    return save_png(fig, out, dpi=90)
+    return fig
