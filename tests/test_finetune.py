@@ -37,6 +37,8 @@ def test_finetune_writes_model_and_metrics(vqa_run, root):
     assert config["heads"]["vqa"]["answers"] == build_task("vqa", root).answers
     assert (vqa_run / "model" / "model.safetensors").is_file()
     assert (vqa_run / "train_log.csv").is_file()
+    card = (vqa_run / "model" / "README.md").read_text()  # the model card says what it scored
+    assert "## Metrics" in card and str(round(metrics["test"]["accuracy"], 4))[:4] in card
 
 
 @pytest.mark.parametrize("split", ["val", "test"])

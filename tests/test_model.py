@@ -200,7 +200,8 @@ def test_add_head_and_save_load_round_trip(tmp_path):
     with torch.no_grad():
         head.fc2.bias.fill_(0.25)
     save_pretrained(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "README.md", "checksums.json", "config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
     loaded = load_pretrained(tmp_path / "m").eval()
     assert loaded.config == model.config
     inputs = make_inputs()

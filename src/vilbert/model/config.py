@@ -11,16 +11,20 @@ paper's 2/4/6/8 co-attention-layer ablation is a change of these two lists (and 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vilbert import __version__
 from vilbert.io.atomic import write_json
 
 ARCHITECTURES = ("two_stream", "single_stream")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 # A config that asks for more is refused before anything is allocated (the paper's model: 0.25e9).
+MODEL_TYPE = "vilbert"
+FILE_KEYS = ("model_type", "vilbert_version")  # what config.json says of itself, not of the model
 MAX_PARAMETERS = 5_000_000_000
 MAX_LAYERS = 512  # per stream: a model is built layer by layer, so 10**5 tiny layers take hours
 _SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -149,16 +153,25 @@ class ViLBertConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViLBertConfig":
+        """The config of `data`. Keys this version does not know are an error (a typo), unless the
+        file was written by a newer vilbert (its `vilbert_version`): then each is a warning and ignored."""
         if not isinstance(data, dict):
             raise ValueError(f"a ViLBertConfig is a JSON object of settings, got {type(data).__name__}")
+        data_version = data.get("vilbert_version")
+        data = {k: v for k, v in data.items() if k not in FILE_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
-        if unknown:
+        if unknown and _newer(data_version):
+            warnings.warn(f"config written by vilbert {data_version} has keys this version ({__version__}) does not "
+                          f"know: {unknown}; ignored", stacklevel=2)
+            data = {k: v for k, v in data.items() if k in known}
+        elif unknown:
             raise ValueError(f"unknown ViLBertConfig keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
 
     def to_json(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
+        """The config as a model directory's config.json: its settings, `model_type` and the version."""
+        write_json(path, {"model_type": MODEL_TYPE, "vilbert_version": __version__, **self.to_dict()})
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ViLBertConfig":
@@ -171,6 +184,14 @@ class ViLBertConfig:
             return cls.from_dict(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+def _newer(version: object) -> bool:
+    """Whether `version` ("1.2.3") is a later vilbert than this one."""
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
+
+    return isinstance(version, str) and parts(version) > parts(__version__)
 
 
 def list_presets() -> list[str]:

@@ -18,6 +18,7 @@ Dimension letters: Nt captions, Ni images, E embedding width, P pairs re-scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -28,32 +29,30 @@ from vilbert.model.vilbert import ViLBert
 Tensor = torch.Tensor
 
 
+def _in_chunks(model: ViLBert, n: int, batch_size: int, embed: Callable[[slice, torch.device], Tensor]) -> Tensor:
+    """embed(rows, device) -> [b,E] over consecutive chunks of n rows, concatenated, in eval mode."""
+    device = model_device(model)
+    with evaluating(model):
+        return torch.cat([embed(slice(start, start + batch_size), device).float() for start in range(0, n, batch_size)])
+
+
 def embed_texts(model: ViLBert, text: TextInputs, batch_size: int = 256, head: str = "contrastive") -> Tensor:
     """Every caption's first-stage embedding [Nt,E] (unit vectors, float32, on the model's device)."""
-    device = model_device(model)
-    parts = []
-    with evaluating(model):
-        for start in range(0, len(text), batch_size):
-            s = slice(start, start + batch_size)
-            mask = text.attention_mask[s].to(device)
-            length = int(mask.sum(1).max())  # trim the chunk's padding to its longest caption
-            parts.append(model.embed_text(text.input_ids[s, :length].to(device),
-                                          text.token_type_ids[s, :length].to(device), mask[:, :length], head).float())
-    return torch.cat(parts)
+    def embed(s: slice, device: torch.device) -> Tensor:
+        length = int(text.attention_mask[s].sum(1).max())  # trim the chunk's padding to its longest caption
+        ids, types, mask = (t[s, :length].to(device) for t in (text.input_ids, text.token_type_ids, text.attention_mask))
+        return model.embed_text(ids, types, mask, head)
+    return _in_chunks(model, len(text), batch_size, embed)
 
 
 def embed_images(model: ViLBert, images: ImageInputs, batch_size: int = 256, head: str = "contrastive") -> Tensor:
     """Every image's first-stage embedding [Ni,E] (unit vectors, float32, on the model's device)."""
-    device = model_device(model)
-    parts = []
-    with evaluating(model):
-        for start in range(0, len(images), batch_size):
-            s = slice(start, start + batch_size)
-            mask = images.image_mask[s].to(device)
-            rows = int(mask.sum(1).max())
-            parts.append(model.embed_images(images.image_features[s, :rows].to(device),
-                                            images.image_locations[s, :rows].to(device), mask[:, :rows], head).float())
-    return torch.cat(parts)
+    def embed(s: slice, device: torch.device) -> Tensor:
+        rows = int(images.image_mask[s].sum(1).max())  # trim to the chunk's largest region count
+        features, locations, mask = (t[s, :rows].to(device) for t in
+                                     (images.image_features, images.image_locations, images.image_mask))
+        return model.embed_images(features, locations, mask, head)
+    return _in_chunks(model, len(images), batch_size, embed)
 
 
 @dataclass

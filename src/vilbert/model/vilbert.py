@@ -16,6 +16,7 @@ from torch import nn
 
 from vilbert.model.config import ViLBertConfig
 from vilbert.model.heads import ContrastiveHead, MaskedWordHead, build_head
+from vilbert.model.hub import HubMixin
 from vilbert.model.layers import CoAttentionLayer, ImageEmbeddings, Pooler, TextEmbeddings, TransformerLayer, key_mask
 from vilbert.model.single_stream import SingleStreamEncoder
 
@@ -103,7 +104,7 @@ class TwoStreamEncoder(nn.Module):
         return image  # [B,R,Dv]
 
 
-class ViLBert(nn.Module):
+class ViLBert(HubMixin, nn.Module):
     """Embeddings, encoder (two-stream or single-stream), poolers and an `nn.ModuleDict` of heads."""
 
     def __init__(self, config: ViLBertConfig):

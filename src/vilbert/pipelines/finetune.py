@@ -19,6 +19,7 @@ import torch
 from vilbert.core.runtime import resolve_device
 from vilbert.io.atomic import write_json
 from vilbert.model import ViLBert, save_pretrained
+from vilbert.model.hub import write_model_card
 from vilbert.pipelines.logs import Log, stderr_log
 from vilbert.pipelines.models import ModelSource, text_stream_lr_scales
 from vilbert.pipelines.settings import train_config_for
@@ -89,6 +90,8 @@ def _finetune(run: FinetuneRun, config: TrainConfig, log: Log) -> FinetuneResult
                                "model": str(out / MODEL_DIR)}
     if result.finished:
         metrics.update(evaluate_splits(task, model, run.eval_splits, result.metrics, log))
+        write_model_card(out / MODEL_DIR, model.config, f"{run.task} ({run.data}), {result.step} steps",
+                         {k: v for k, v in metrics.items() if isinstance(v, dict)})
         if not run.keep_checkpoints:
             # The checkpoints hold the optimizer state (twice the model) to resume an unfinished
             # run; a finished one is its model.

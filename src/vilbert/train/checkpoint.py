@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vilbert.io.atomic import atomic_path, write_json
-from vilbert.io.checksums import verify_checksums, write_checksums
+from vilbert.io.checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from vilbert.io.tensors import read_safetensors
 
 MODEL_FILE = "model.safetensors"
@@ -123,7 +123,7 @@ def save_checkpoint(
         torch.save(state.__dict__, path)
     for r, rng in enumerate(rank_rngs):
         torch.save(rng, tmp / f"rng_rank{r}.pt")
-    write_checksums(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file()))
+    write_checksums(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != CHECKSUMS_FILE))
     if final.exists():  # re-saving a step (a resumed run ending where the last one saved)
         shutil.rmtree(final)
     tmp.rename(final)
