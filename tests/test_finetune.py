@@ -32,7 +32,8 @@ def vqa_run(root, tmp_path_factory):
 def test_finetune_writes_model_and_metrics(vqa_run, root):
     metrics = json.loads((vqa_run / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["finished"]
-    assert set(metrics["val"]) == {"accuracy", "questions"} and set(metrics["test"]) == {"accuracy", "questions"}
+    for split in ("val", "test"):  # overall and per answer type, as the official evaluation reports
+        assert {"accuracy", "questions", "accuracy_yes_no", "accuracy_number", "accuracy_other"} == set(metrics[split])
     config = json.loads((vqa_run / "model" / "config.json").read_text())
     assert config["heads"]["vqa"]["answers"] == build_task("vqa", root).answers
     assert (vqa_run / "model" / "model.safetensors").is_file()
@@ -136,3 +137,21 @@ def test_evaluate_zero_shot_retrieval_from_a_data_root(root, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["metrics"]) == {f"{d}_r{k}" for d in ("ir", "tr") for k in (1, 5, 10)}
     assert printed["metrics"]["ir_r10"] == 1.0  # 3 images: the right one is always in the top 10
+
+
+def test_evaluate_writes_predictions_in_the_official_format(vqa_run, root, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert evaluate_cli.main(["--task", "vqa", "--checkpoint", str(vqa_run / "model"), "--data", str(root),
+                              "--split", "val", "--write-predictions", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)["metrics"]
+    results = json.loads(out.read_text())
+    task = build_task("vqa", root)
+    examples = task.examples("val")
+    assert [r["question_id"] for r in results] == [e.question_id for e in examples]
+    assert all(set(r) == {"question_id", "answer"} and r["answer"] in task.answers for r in results)
+    # the official accuracy of those answers is the printed one, overall and per answer type
+    from vilbert.tasks.vqa import vqa_accuracy
+
+    assert vqa_accuracy([r["answer"] for r in results], [e.scores for e in examples]) == pytest.approx(printed["accuracy"])
+    yes_no = [(r["answer"], e.scores) for r, e in zip(results, examples) if e.answer_type == "yes/no"]
+    assert vqa_accuracy(*zip(*yes_no)) == pytest.approx(printed["accuracy_yes_no"])

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exhaustive", action="store_true",
                    help="with --rerank-top: also score every pair and report both, with their wall times")
     p.add_argument("--out", default=None, help="also write the result to this JSON file")
+    p.add_argument("--write-predictions", default=None, metavar="JSON",
+                   help="also write the predictions: VQA's official results format [{question_id, answer}], "
+                        "RefCOCO+'s chosen boxes, retrieval's rankings")
     add_data_args(p)
     add_runtime_args(p)
     return p
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
     result = evaluate(EvaluateRun(task=args.task, data=args.data, model=ModelSource(directory=args.checkpoint),
                                   split=args.split, features=args.features, options=task_options(args),
                                   batch_size=args.batch_size, device=args.device,
-                                  rerank_top=args.rerank_top, exhaustive=args.exhaustive))
+                                  rerank_top=args.rerank_top, exhaustive=args.exhaustive,
+                                  predictions=args.write_predictions))
     print(json.dumps(result, indent=2))
     if args.rerank_top is not None:
         print(ranking_table(result["metrics"]), file=sys.stderr)

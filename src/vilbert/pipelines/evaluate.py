@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vilbert.core.runtime import resolve_device
+from vilbert.io.atomic import write_json
 from vilbert.pipelines.logs import Log, stderr_log
 from vilbert.pipelines.models import ModelSource
 from vilbert.tasks import build_task
@@ -31,6 +32,7 @@ class EvaluateRun:
     batch_size: int = 64  # rows per forward
     device: str = "auto"
     seed: int = 0  # the initial weights of a template
+    predictions: str | Path | None = None  # also write the task's predictions (VQA: the official results format)
     rerank_top: int | None = None  # retrieval: re-rank each query's first-stage top K (None: every pair)
     exhaustive: bool = False  # with rerank_top: score every pair too, and report both
 
@@ -53,5 +55,10 @@ def evaluate(run: EvaluateRun, log: Log = stderr_log("vilbert evaluate")) -> dic
                          f"(its heads: {', '.join(model.heads) or 'none'}); fine-tune it on the task first")
     with torch.no_grad():
         metrics = {k: float(v) for k, v in task.evaluate(model, run.split, batch_size=run.batch_size).items()}
+    if run.predictions is not None:
+        if not hasattr(task, "predictions"):
+            raise ValueError(f"task {run.task!r} does not write predictions (vqa, refer and retrieval do)")
+        with torch.no_grad():
+            write_json(run.predictions, task.predictions(model, run.split, batch_size=run.batch_size))
     checkpoint = str(run.model.directory) if run.model.saved else run.model.describe()
     return {"task": run.task, "split": run.split, "checkpoint": checkpoint, "metrics": metrics}

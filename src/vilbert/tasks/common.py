@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from vilbert.core.batch import Batch
 from vilbert.core.regions import RegionBatch
@@ -82,7 +83,8 @@ class RegionTextTask(Task):
 
 
 def batches(task: Task, items: Sequence[Any], batch_size: int) -> Iterator[Batch]:
-    """Collated batches of `items` in order (for evaluation: no shuffling, no dropping)."""
-    for start in range(0, len(items), batch_size):
+    """Collated batches of `items` in order (for evaluation: no shuffling, no dropping), with a
+    progress bar (tqdm: on a terminal, and in a log file when one is redirected there)."""
+    for start in tqdm(range(0, len(items), batch_size), desc=f"evaluate {task.name}", unit="batch", leave=False):
         yield task.collate(items[start : start + batch_size])
 

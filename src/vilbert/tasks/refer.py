@@ -138,3 +138,22 @@ class ReferTask(RegionTextTask):
                 correct += float(hits(logits, iou, batch.image_mask, self.iou_threshold).sum())
                 reachable += float((iou.max(1).values >= self.iou_threshold).float().sum())
         return {"accuracy": correct / len(items), "upper_bound": reachable / len(items)}
+
+    def predictions(self, model: nn.Module, split: str, batch_size: int = 64) -> list[dict]:
+        """Each expression's chosen box: [{"ref_id", "sent_id", "image_id", "box" (x1,y1,x2,y2 pixels of
+        the stored regions), "iou" (with the referred box)}]."""
+        items = self.expressions(split)
+        device = model_device(model)
+        out: list[dict] = []
+        with evaluating(model):
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                batch = self.collate(chunk).to(device)
+                logits = model(**batch.model_inputs(), heads=(HEAD,)).logits[HEAD]
+                chosen = pick_regions(logits, batch.image_mask).cpu()  # [B] rows, [IMG] is row 0
+                iou = batch.targets["iou"].cpu()
+                for e, row, ious in zip(chunk, chosen.tolist(), iou):
+                    box = self.store[e.image_id].boxes[row - 1]
+                    out.append({"ref_id": e.ref_id, "sent_id": e.sent_id, "image_id": e.image_id,
+                                "box": [round(float(v), 2) for v in box], "iou": round(float(ious[row]), 4)})
+        return out

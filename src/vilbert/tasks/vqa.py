@@ -200,10 +200,23 @@ class VQATask(RegionTextTask):
         return out
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
+        """accuracy over the split's questions, and per answer type (accuracy_yes_no,
+        accuracy_number, accuracy_other) as the official evaluation reports it."""
         examples = self.examples(split)
         if not self._splits[split].labelled:
             raise FileNotFoundError(f"VQA split {split!r} has no annotations "
                                     f"({vqa_paths(self.data.data_dir, split)[1]}): it cannot be scored")
         predicted = self.predict(model, examples, batch_size)
-        return {"accuracy": vqa_accuracy(predicted, [e.scores for e in examples]), "questions": float(len(examples))}
+        metrics = {"accuracy": vqa_accuracy(predicted, [e.scores for e in examples]), "questions": float(len(examples))}
+        for kind in sorted({e.answer_type for e in examples if e.answer_type}):
+            rows = [(p, e.scores) for p, e in zip(predicted, examples) if e.answer_type == kind]
+            name = "accuracy_" + "".join(c if c.isalnum() else "_" for c in kind)
+            metrics[name] = vqa_accuracy([p for p, _ in rows], [s for _, s in rows])
+        return metrics
+
+    def predictions(self, model: nn.Module, split: str, batch_size: int = 64) -> list[dict[str, Any]]:
+        """The official results format, [{"question_id", "answer"}]; labels are not needed (test-dev)."""
+        examples = self.examples(split)
+        return [{"question_id": e.question_id, "answer": a}
+                for e, a in zip(examples, self.predict(model, examples, batch_size))]
 
