@@ -116,6 +116,12 @@ def test_evaluate_on_really_extracted_features(world, tmp_path):
     model.add_head("region_score")
     metrics = task.evaluate(model, "val", batch_size=4)
     assert metrics["upper_bound"] == 1.0 and 0.0 <= metrics["accuracy"] <= 1.0
+    predictions = task.predictions(model, "val", batch_size=3)
+    assert [(p["ref_id"], p["sent_id"]) for p in predictions] == [(e.ref_id, e.sent_id) for e in task.expressions("val")]
+    store = task.store
+    assert all(any(np.allclose(p["box"], b, atol=0.01) for b in store[p["image_id"]].boxes) for p in predictions)
+    # the predictions' hits are the metric's
+    assert np.mean([p["iou"] >= 0.5 for p in predictions]) == pytest.approx(metrics["accuracy"])
 
 
 def test_unknown_split_and_bad_threshold_are_named(world):
@@ -123,9 +129,3 @@ def test_unknown_split_and_bad_threshold_are_named(world):
         make_task(world).dataset("nope")
     with pytest.raises(ValueError, match="iou_threshold"):
         make_task(world, iou_threshold=1.5)
-    predictions = task.predictions(model, "val", batch_size=3)
-    assert [(p["ref_id"], p["sent_id"]) for p in predictions] == [(e.ref_id, e.sent_id) for e in task.expressions("val")]
-    store = task.store
-    assert all(any(np.allclose(p["box"], b, atol=0.01) for b in store[p["image_id"]].boxes) for p in predictions)
-    # the predictions' hits are the metric's
-    assert np.mean([p["iou"] >= 0.5 for p in predictions]) == pytest.approx(metrics["accuracy"])
