@@ -8,12 +8,35 @@ lives here so that the trainer needs nothing from `vilbert.tasks`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from vilbert.core.batch import Batch
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One optimizer step's global batch: indices into the task's train dataset, and the nominal
+    size its accumulation micro-steps are cut by (the epoch's last batch of a task may be short)."""
+
+    indices: list[int]
+    nominal_size: int
+
+
+class BatchPlan(Protocol):
+    """A task's own order of training batches, instead of the trainer's shuffle cut into batches of
+    `TrainConfig.batch_size` (a multi-task run: each step one task's batch, of that task's size).
+
+    `epoch_batches(seed, epoch)` must be a function of its arguments alone and return
+    `steps_per_epoch` batches: exact resume and 1-vs-N-process equality rest on it.
+    """
+
+    steps_per_epoch: int
+
+    def epoch_batches(self, seed: int, epoch: int) -> list[PlannedBatch]: ...
 
 
 class Task(ABC):
@@ -24,6 +47,11 @@ class Task(ABC):
     def required_heads(self) -> dict[str, dict[str, Any]]:
         """Heads the model must have for this task: head name -> constructor arguments."""
         return {}
+
+    def batch_plan(self) -> BatchPlan | None:
+        """The order of training batches, or None (the default): the trainer shuffles the train
+        dataset per (seed, epoch) and cuts it into batches of `TrainConfig.batch_size`."""
+        return None
 
     @abstractmethod
     def dataset(self, split: str) -> torch.utils.data.Dataset:

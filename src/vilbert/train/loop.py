@@ -1,7 +1,8 @@
 """The one training loop every task uses: it knows only the `Task` interface.
 
 Determinism (what exact resume and the 1-vs-N-process equivalence rest on):
-- step k's global batch is fixed by (seed, epoch) (see `distributed.StepBatchSampler`);
+- step k's global batch is fixed by (seed, epoch) (see `distributed.StepBatchSampler`, or the
+  task's own `batch_plan`, e.g. multi-task: `planned.PlannedStepSampler`);
 - before each micro-step the python/numpy/torch RNGs are seeded from (seed, step, micro-step, rank),
   so masking in `collate` and dropout in the model do not depend on what ran before;
 - each micro-batch's mean loss is weighted by its share of the global batch (times the world
@@ -44,6 +45,7 @@ from vilbert.train.checkpoint import (
 from vilbert.train.config import TRAJECTORY_FIELDS, TrainConfig
 from vilbert.train.logging import RunLogger
 from vilbert.train.optim import build_optimizer, build_scheduler
+from vilbert.train.planned import PlannedStepSampler
 
 
 @dataclass
@@ -103,8 +105,11 @@ class _Run:
         if len(dataset) == 0:
             raise ValueError(f"task {task.name!r} has no training examples")
         self.dataset = dataset
-        self.steps_per_epoch = config.steps_per_epoch(len(dataset))
-        self.total = config.total_steps(len(dataset))
+        self.plan = task.batch_plan()  # None: the trainer's own (seed, epoch) shuffle
+        if self.plan is not None and config.data_fraction < 1.0:
+            raise ValueError(f"task {task.name!r} plans its own batches: data_fraction < 1 does not apply")
+        self.steps_per_epoch = self.plan.steps_per_epoch if self.plan else config.steps_per_epoch(len(dataset))
+        self.total = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, config.eps, config.lr_scales)
         self.scheduler = build_scheduler(self.optimizer, self.total, config.warmup_fraction)
         self.dtype = resolve_precision(config.precision, device)
@@ -171,12 +176,18 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def epoch_batches(self, end: int) -> tuple[D.StepBatchSampler, Any]:
+    def epoch_batches(self, end: int) -> tuple[D.StepBatchSampler | PlannedStepSampler, Any]:
         epoch, position = divmod(self.step, self.steps_per_epoch)
-        sampler = D.StepBatchSampler(
-            len(self.dataset), self.config.batch_size, self.config.grad_accum, self.config.seed, epoch,
-            start_step=position, num_steps=end - self.step, rank=self.rank, world_size=self.world,
-        )
+        if self.plan is not None:
+            sampler = PlannedStepSampler(
+                self.plan.epoch_batches(self.config.seed, epoch), self.config.grad_accum,
+                start_step=position, num_steps=end - self.step, rank=self.rank, world_size=self.world,
+            )
+        else:
+            sampler = D.StepBatchSampler(
+                len(self.dataset), self.config.batch_size, self.config.grad_accum, self.config.seed, epoch,
+                start_step=position, num_steps=end - self.step, rank=self.rank, world_size=self.world,
+            )
         loader = DataLoader(
             self.dataset, batch_sampler=sampler, collate_fn=_collect, num_workers=self.config.num_workers,
             generator=torch.Generator().manual_seed(self.config.seed + epoch),  # leaves the global RNG alone
