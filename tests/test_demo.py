@@ -242,3 +242,32 @@ def test_drawing_leaves_a_users_matplotlib_alone(tmp_path):
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == [] and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seeds_give_means_spreads_and_undecided_claims(tmp_path):
+    """Several fine-tuning seeds: cells show mean ± sample std, and a claim whose margin lies within
+    the spread of a difference of two single runs is undecided, not held."""
+    def seeds(*values):
+        return [{"accuracy": v} for v in values]
+
+    metrics = {"vilbert": {"vqa": seeds(0.50, 0.52, 0.54), "refer": seeds(0.60, 0.61, 0.62)},
+               "vilbert_scratch": {"vqa": seeds(0.49, 0.53, 0.57), "refer": seeds(0.40, 0.41, 0.42)},
+               "single_stream": {"vqa": seeds(0.30, 0.31, 0.32), "refer": seeds(0.70, 0.71, 0.72)}}
+    table = make_table("T", ROWS, metrics)
+    assert table.values["ViLBERT"]["VQA"] == 52.0 and table.spread["ViLBERT"]["VQA"] == 2.0
+    assert table.runs["ViLBERT"]["VQA"] == [50.0, 52.0, 54.0]
+    claims = {c.text: c for c in check_claims(table, "ViLBERT", "Scratch", "Single")}
+    vqa = claims["pretraining helps: VQA"]  # 52 vs 53 +- 4: within sqrt(2^2 + 4^2)
+    assert vqa.held is None and not vqa.decided and "spread 4.5" in vqa.detail
+    assert claims["pretraining helps: RefCOCO+"].held is True  # +20 against a spread of 1.4
+    assert claims["two streams beat one: RefCOCO+"].held is False and claims["two streams beat one: RefCOCO+"].decided
+    text = write_results(table, tmp_path, "results", list(claims.values()))
+    assert "| 52.0 ± 2.0 |" in text and "[undecided: within the spread] pretraining helps: VQA" in text
+    assert "margin exceeds sqrt(s_a^2 + s_b^2)" in text
+
+
+def test_the_plan_runs_each_fine_tune_at_every_seed(tmp_path):
+    sizes = dataclasses.replace(quick_sizes(), seeds=3)
+    names = [s.name for s in build_plan(tmp_path, sizes).stages]
+    assert {"vilbert-vqa", "vilbert-vqa-seed1", "vilbert-vqa-seed2", "single_stream-refer-seed2"} <= set(names)
+    assert "vilbert-zero_shot_retrieval-seed1" not in names  # evaluation only: nothing to reseed

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the co-attention depth (2/4/6 layers) and pretraining-data (0/25/50/100%%) tables")
     p.add_argument("--images", type=int, default=None, help="world size (overrides the default sizes)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (overrides the default sizes)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="fine-tune every row and task at this many seeds; the claims are decided against their spread")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the tables from the stages finished so far")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     sizes = quick_sizes() if args.quick else default_sizes()
-    sizes = with_overrides(sizes, images=args.images, pretrain_steps=args.pretrain_steps)
+    sizes = with_overrides(sizes, images=args.images, pretrain_steps=args.pretrain_steps, seeds=args.seeds)
     try:
         run_demo(args.out, sizes, ablations=args.ablations, heartbeat_s=args.heartbeat, report_only=args.report_only)
     except StageError as err:

@@ -32,6 +32,7 @@ class StageKey:
 
     step: str
     subject: str = ""
+    seed: int = 0  # the fine-tuning seed's index (0: the demo's seed; k: seed + k)
 
     @property
     def name(self) -> str:
@@ -39,7 +40,7 @@ class StageKey:
             return self.step
         if self.step == PRETRAIN:
             return f"{PRETRAIN}-{self.subject}"
-        return f"{self.subject}-{self.step}"
+        return f"{self.subject}-{self.step}" + (f"-seed{self.seed}" if self.seed else "")
 
 
 @dataclass
@@ -96,12 +97,13 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
             f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, {spec.data_fraction:.0%} of the pairs)")
     # ViLBERT's rows first, so that an interrupted run already holds the most telling numbers.
     for row in sorted(rows.values(), key=lambda r: r.key != "vilbert"):
-        for task in TASKS:
-            ft = s.finetune[task]
-            rows_per_item = 4 if task in ("vcr", "retrieval") else 1
-            add(StageKey(task, row.key), lambda row=row, task=task: do.finetune(row, task),
-                10 + ft.steps * ft.batch_size * s.seconds_per_finetune_row * rows_per_item,
-                f"fine-tune and evaluate {task} ({ft.steps} steps of {ft.batch_size})")
+        for seed in range(s.seeds):
+            for task in TASKS:
+                ft = s.finetune[task]
+                rows_per_item = 4 if task in ("vcr", "retrieval") else 1
+                add(StageKey(task, row.key, seed), lambda row=row, task=task, seed=seed: do.finetune(row, task, seed),
+                    10 + ft.steps * ft.batch_size * s.seconds_per_finetune_row * rows_per_item,
+                    f"fine-tune and evaluate {task} ({ft.steps} steps of {ft.batch_size}, seed {s.seed + seed})")
         add(StageKey(ZERO_SHOT, row.key), lambda row=row: do.zero_shot(row), 20.0,
             "zero-shot retrieval (alignment head, no fine-tuning)")
     return DemoPlan(out, sizes, tables, steps)

@@ -1,11 +1,17 @@
 """Results tables like the paper's Table 1: Markdown, JSON, a grouped bar chart, and a check of
-the paper's qualitative claims stated as held / not held.
+the paper's qualitative claims stated as held / not held / undecided.
 
-Numbers are percentages. A cell is None when its task did not run (the reason is in `notes`).
+Numbers are percentages. A cell is None when its task did not run (the reason is in `notes`). A
+task fine-tuned at several seeds shows the mean and the sample standard deviation; a claim comparing
+two rows holds when the mean margin exceeds the spread of a difference of two single runs,
+sqrt(s_a^2 + s_b^2), is not held when the margin is below minus that, and is undecided in between
+(with one seed there is no spread: a claim is decided by the sign of the margin, and says so).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,29 +46,41 @@ class ResultsTable:
     title: str
     rows: list[str]  # row labels, in order
     keys: list[str]  # row keys (run folders)
-    values: dict[str, dict[str, float | None]]  # row label -> column label -> percent
+    values: dict[str, dict[str, float | None]]  # row label -> column label -> percent (the mean over seeds)
     notes: list[str] = field(default_factory=list)
     chance: dict[str, float] = field(default_factory=dict)  # column -> chance percent
     # VQA's floor is not chance but the answer prior: the best answer per question type.
     prior: dict[str, float] = field(default_factory=dict)  # column -> percent without the image
+    # row label -> column label -> sample std over seeds (None with one seed), and every seed's value.
+    spread: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "columns": [c for c, _, _ in COLUMNS], "rows": self.rows, "keys": self.keys,
-                "values": self.values, "chance": self.chance, "prior": self.prior, "notes": self.notes}
+                "values": self.values, "spread": self.spread, "runs": self.runs, "chance": self.chance,
+                "prior": self.prior, "notes": self.notes}
 
 
-def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[str, dict[str, float]]],
+Metrics = dict[str, float]
+
+
+def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[str, Metrics | list[Metrics]]],
                notes: list[str] | None = None, test_images: int | None = None,
                prior: dict[str, float] | None = None) -> ResultsTable:
-    """rows: (key, label); metrics: row key -> task -> metric -> value in [0, 1]; prior: column ->
-    the score without the image, in [0, 1] (VQA's answer prior)."""
+    """rows: (key, label); metrics: row key -> task -> metric -> value in [0, 1], or a list of such
+    (one per seed); prior: column -> the score without the image, in [0, 1] (VQA's answer prior)."""
     values: dict[str, dict[str, float | None]] = {}
+    spread: dict[str, dict[str, float | None]] = {}
+    runs: dict[str, dict[str, list[float]]] = {}
     for key, label in rows:
         per_task = metrics.get(key, {})
-        values[label] = {}
+        values[label], spread[label], runs[label] = {}, {}, {}
         for column, task, metric in COLUMNS:
-            value = per_task.get(task, {}).get(metric)
-            values[label][column] = None if value is None else round(100.0 * float(value), 2)
+            found = per_task.get(task, [])
+            seeds = [100.0 * float(m[metric]) for m in (found if isinstance(found, list) else [found]) if metric in m]
+            values[label][column] = round(statistics.fmean(seeds), 2) if seeds else None
+            spread[label][column] = round(statistics.stdev(seeds), 2) if len(seeds) > 1 else None
+            runs[label][column] = [round(v, 2) for v in seeds]
     chance = {column: round(100.0 * value, 2) for column, value in VCR_CHANCE.items()}
     if test_images:
         for column, task, metric in COLUMNS:
@@ -70,7 +88,7 @@ def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[
                 k = int(metric.rsplit("r", 1)[1])
                 chance[column] = round(100.0 * min(k, test_images) / test_images, 2)
     return ResultsTable(title, [label for _, label in rows], [key for key, _ in rows], values, list(notes or []), chance,
-                        {column: round(100.0 * value, 2) for column, value in (prior or {}).items()})
+                        {column: round(100.0 * value, 2) for column, value in (prior or {}).items()}, spread, runs)
 
 
 def to_markdown(table: ResultsTable) -> str:
@@ -78,7 +96,7 @@ def to_markdown(table: ResultsTable) -> str:
     lines = [f"### {table.title}", "", "| model | " + " | ".join(columns) + " |",
              "| --- | " + " | ".join("---:" for _ in columns) + " |"]
     for label in table.rows:
-        cells = [_cell(table.values[label].get(c)) for c in columns]
+        cells = [_cell(table.values[label].get(c), table.spread.get(label, {}).get(c)) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if table.chance or table.prior:
         floor = {**table.chance, **table.prior}
@@ -90,27 +108,31 @@ def to_markdown(table: ResultsTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _cell(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if spread is None else f"{value:.1f} ± {spread:.1f}"
 
 
 @dataclass
 class Claim:
     text: str
-    held: bool | None  # None: could not be checked (a number is missing)
+    held: bool | None  # None: could not be checked (a number is missing) or undecided (see `decided`)
     detail: str
+    decided: bool = True  # False: the margin lies within the seeds' spread
 
 
 def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single: str) -> list[Claim]:
     """The paper's qualitative claims on this table (row labels as given)."""
-    v = table.values
+    v, sd = table.values, table.spread
     claims = []
     for column in CLAIM_COLUMNS:
         claims.append(_compare(f"pretraining helps: {column}", v[pretrained].get(column), v[unpretrained].get(column),
-                               "pretrained", "unpretrained", table.prior.get(column)))
+                               "pretrained", "unpretrained", table.prior.get(column),
+                               _noise(sd, pretrained, unpretrained, column)))
     for column in CLAIM_COLUMNS:
         claims.append(_compare(f"two streams beat one: {column}", v[pretrained].get(column), v[single].get(column),
-                               "ViLBERT", "single-stream", table.prior.get(column)))
+                               "ViLBERT", "single-stream", table.prior.get(column), _noise(sd, pretrained, single, column)))
     zs, chance = v[pretrained].get("Zero-shot R@1"), table.chance.get("Zero-shot R@1")
     if zs is None or not chance:
         claims.append(Claim("zero-shot retrieval far above chance", None, "zero-shot retrieval did not run"))
@@ -120,19 +142,41 @@ def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single
     return claims
 
 
+def _noise(spread: dict[str, dict[str, float | None]], a: str, b: str, column: str) -> float | None:
+    """The spread of a difference of single runs of rows a and b: sqrt(s_a^2 + s_b^2), or None
+    when either row ran one seed."""
+    sa, sb = spread.get(a, {}).get(column), spread.get(b, {}).get(column)
+    return None if sa is None or sb is None else math.hypot(sa, sb)
+
+
 def _compare(text: str, a: float | None, b: float | None, name_a: str, name_b: str,
-             prior: float | None = None) -> Claim:
+             prior: float | None = None, noise: float | None = None) -> Claim:
     if a is None or b is None:
         return Claim(text, None, "not run")
     without_image = "" if prior is None else f"; without the image {prior:.1f}"
-    return Claim(text, a > b, f"{name_a} {a:.1f} vs {name_b} {b:.1f}{without_image}")
+    detail = f"{name_a} {a:.1f} vs {name_b} {b:.1f}{without_image}"
+    if noise is None:  # one seed: the sign of the margin decides (claims_text says so)
+        return Claim(text, a > b, detail)
+    detail += f"; margin {a - b:+.1f}, spread {noise:.1f}"
+    if abs(a - b) <= noise:
+        return Claim(text, None, detail, decided=False)
+    return Claim(text, a > b, detail)
 
 
 def claims_text(claims: list[Claim]) -> str:
-    marks = {True: "held", False: "NOT held", None: "not checked"}
+    def mark(c: Claim) -> str:
+        if not c.decided:
+            return "undecided: within the spread"
+        return {True: "held", False: "NOT held", None: "not checked"}[c.held]
+
     held = sum(c.held is True for c in claims)
-    lines = [f"Claims of the paper on this run ({held}/{len(claims)} held):"]
-    lines += [f"- [{marks[c.held]}] {c.text} ({c.detail})" for c in claims]
+    undecided = sum(not c.decided for c in claims)
+    seeds = any("spread" in c.detail for c in claims)
+    rule = ("a claim holds when its margin exceeds sqrt(s_a^2 + s_b^2), the spread of a difference of two "
+            "single runs" if seeds else "one seed per fine-tune: decided by the sign of the margin")
+    lines = [f"Claims of the paper on this run ({held}/{len(claims)} held"
+             + (f", {undecided} undecided" if undecided else "") + f"; {rule}):"]
+    lines += [f"- [{mark(c)}] {c.text} ({c.detail})" for c in claims]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +190,9 @@ def plot_table(table: ResultsTable, path: str | Path) -> Path:
     ax = fig.subplots()
     for k, label in enumerate(table.rows):
         heights = [table.values[label].get(c) for c in columns]
-        ax.bar(x - 0.4 + width * (k + 0.5), [h if h is not None else 0.0 for h in heights], width, label=label)
+        errors = [table.spread.get(label, {}).get(c) or 0.0 for c in columns]
+        ax.bar(x - 0.4 + width * (k + 0.5), [h if h is not None else 0.0 for h in heights], width, label=label,
+               yerr=errors if any(errors) else None, capsize=2)
     for floor, name, style in ((table.chance, "chance", "dashed"), (table.prior, "without the image", "dotted")):
         for i, column in enumerate(columns):
             if column in floor:
@@ -173,7 +219,7 @@ def write_results(table: ResultsTable, out_dir: str | Path, stem: str, claims: l
         tmp.write_text(text)
     data = table.to_dict()
     if claims is not None:
-        data["claims"] = [{"claim": c.text, "held": c.held, "detail": c.detail} for c in claims]
+        data["claims"] = [{"claim": c.text, "held": c.held, "decided": c.decided, "detail": c.detail} for c in claims]
     data.update(extra or {})
     write_json(out / f"{stem}.json", data)
     plot_table(table, out / f"{stem}.png")

@@ -68,15 +68,16 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     return write_tables(plan, runner.results, stream)
 
 
-def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """row key -> task -> metrics, from the stage results."""
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
+def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """row key -> task -> the metrics of each seed that ran, from the stage results."""
+    metrics: dict[str, dict[str, list[dict[str, float]]]] = {}
     for table in plan.tables:
         for row in table.rows:
             for task in (*TASKS, ZERO_SHOT):
-                result = results.get(StageKey(task, row.key).name)
-                if result:
-                    metrics.setdefault(row.key, {})[task] = result["metrics"]
+                seeds = range(plan.sizes.seeds) if task in TASKS else range(1)  # zero-shot has no seed
+                found = [results.get(StageKey(task, row.key, seed).name) for seed in seeds]
+                if any(found):
+                    metrics.setdefault(row.key, {})[task] = [r["metrics"] for r in found if r]
     return metrics
 
 
@@ -94,6 +95,9 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
                  f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
                  "every row uses the same settings")
+    if plan.sizes.seeds > 1:
+        notes.append(f"every fine-tune ran at {plan.sizes.seeds} seeds ({plan.sizes.seed}..{plan.sizes.seed + plan.sizes.seeds - 1}): "
+                     "mean ± sample standard deviation")
     for task, ft in plan.sizes.finetune.items():
         if ft.reinit:
             notes.append(f"{task} fine-tunes start {' and '.join(ft.reinit)} afresh")

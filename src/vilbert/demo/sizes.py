@@ -62,6 +62,7 @@ class DemoSizes:
     finetune_text_lr_scale: float = 0.1
     eval_split: str = "test"
     seed: int = 0
+    seeds: int = 1  # fine-tunes per row and task, at seed, seed + 1, ...: claims are decided against their spread
     # Seconds per unit for the time-left display (2 CPU cores, rounded up); not a setting of the run.
     seconds_per_image_world: float = 0.015
     seconds_per_image_features: float = 0.08

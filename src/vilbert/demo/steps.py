@@ -55,8 +55,8 @@ class Steps:
     def pretrain_dir(self, spec: ModelSpec) -> Path:
         return self.out / "runs" / "pretrain" / spec.name
 
-    def run_dir(self, row: Row, task: str) -> Path:
-        return self.out / "runs" / row.key / task
+    def run_dir(self, row: Row, task: str, seed: int = 0) -> Path:
+        return self.out / "runs" / row.key / (task if seed == 0 else f"{task}-seed{seed}")
 
     def template(self, spec: ModelSpec) -> ModelSource:
         """A model of the demo's preset with the spec's overrides, text stream from MiniLM."""
@@ -109,13 +109,15 @@ class Steps:
             raise RuntimeError(f"pretraining {spec.name} finished without a model in {run.out}")
         return {"model": str(result.model_dir), "val": result.last_eval}
 
-    def finetune(self, row: Row, task: str) -> dict[str, Any]:
+    def finetune(self, row: Row, task: str, seed: int = 0) -> dict[str, Any]:
+        """Fine-tune and evaluate at the demo's seed + `seed` (the fresh heads, the order of the
+        examples and the unpretrained row's initial weights all follow it)."""
         s, ft = self.sizes, self.sizes.finetune[task]
         result = finetune(FinetuneRun(
-            task=task, data=self.world, out=self.run_dir(row, task), model=self.row_model(row),
+            task=task, data=self.world, out=self.run_dir(row, task, seed), model=self.row_model(row),
             features=self.features, options=self.task_options(task), reinit=ft.reinit,
             text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
-            train=train_config_for(task, lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed),
+            train=train_config_for(task, lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed + seed),
             eval_splits=(s.eval_split,), keep_checkpoints=False, resume=True,
         ), log=_log)
         return {"split": s.eval_split, "metrics": result.metrics[s.eval_split], "model": result.metrics["model"]}
