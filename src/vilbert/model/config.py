@@ -71,6 +71,9 @@ class ViLBertConfig:
     heads: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"masked_word": {}, "masked_region": {}, "alignment": {}}
     )
+    # Task tokens (12-in-1): one learned embedding per named task, inserted after [CLS]; the row of
+    # task k is k. Empty: none (the paper's model).
+    task_tokens: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,6 +131,10 @@ class ViLBertConfig:
         if not isinstance(self.heads, dict) or not all(isinstance(k, str) and isinstance(v, dict)
                                                        for k, v in self.heads.items()):
             raise ValueError(f"heads={self.heads!r}: expected an object of head name -> its arguments")
+        if not isinstance(self.task_tokens, list) or not all(isinstance(t, str) and t for t in self.task_tokens):
+            raise ValueError(f"task_tokens={self.task_tokens!r}: expected a list of task names")
+        if len(set(self.task_tokens)) != len(self.task_tokens):
+            raise ValueError(f"task_tokens={self.task_tokens!r}: a task is named twice")
         for name in ("num_hidden_layers", "v_num_hidden_layers"):
             if getattr(self, name) > MAX_LAYERS:
                 raise ValueError(f"{name}={getattr(self, name)}: at most {MAX_LAYERS} layers per stream")
@@ -146,7 +153,7 @@ class ViLBertConfig:
         visual = (self.v_feature_size + 5) * v + self.v_num_hidden_layers * (4 * v * v + 2 * v * self.v_intermediate_size)
         co = self.num_coattention_layers * (3 * b * (h + v) + b * (h + v) + 2 * h * self.intermediate_size
                                             + 2 * v * self.v_intermediate_size)
-        return text + visual + co + (h + v) * b + v * self.v_target_size
+        return text + visual + co + (h + v) * b + v * self.v_target_size + len(self.task_tokens) * h
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,9 +5,9 @@ checked in full (every source key used or knowingly ignored, every target key fi
 right) before anything is loaded:
 
 - `convert_original_checkpoint`: the original ViLBERT code's checkpoints, both the
-  vilbert-multi-task layouts (BertForMultiModalPreTraining, VILBertForVLTasks) and vilbert_beta's
-  (weight-normalised VQA head), with or without DataParallel's `module.` prefix, plus
-  `config_from_original` for the original config.json.
+  vilbert-multi-task layouts (BertForMultiModalPreTraining, VILBertForVLTasks, with or without
+  its task tokens) and vilbert_beta's (weight-normalised VQA head), with or without
+  DataParallel's `module.` prefix, plus `config_from_original` for the original config.json.
 - `init_text_stream_from_bert`: a Hugging Face BERT directory (config.json + model.safetensors or
   pytorch_model.bin, `BertModel` key names, with or without a `bert.` prefix) into the text stream.
 
@@ -42,6 +42,16 @@ ORIGINAL_IGNORED = [
     r"vil_tri_prediction\..*",  # visual entailment head
     r"linguisic_logit\..*",  # per-token score, no task of ours uses it
 ]
+
+# vilbert-multi-task's task tokens (`bert.embeddings.task_embeddings`, 20 rows): row k is TASKk of
+# its vilbert_tasks.yml. Ours by our task names where we have the task (retrieval is Flickr30k's,
+# refer RefCOCO+'s), the others by the yml's names; rows 0 and 19 belong to no task there.
+ORIGINAL_TASK_TOKENS = [
+    "task0", "vqa", "genome_qa", "visual_dialog", "visual7w", "vcr_q_a", "vcr_qa_r", "retrieval_coco", "retrieval",
+    "refcoco", "refer", "refcocog", "nlvr2", "visual_entailment", "guesswhat", "gqa", "foil", "guesswhat_pointing",
+    "flickr_grounding", "task19",
+]
+TASK_TOKENS_KEY = "bert.embeddings.task_embeddings.weight"
 
 # Original config keys that either match ours by name or are known to be inert.
 _SAME_NAME = [
@@ -274,10 +284,13 @@ def convert_original_checkpoint(
     heads, our state dict, report). Raises ConversionError naming any missing or unexpected key
     or wrong shape."""
     state = strip_module_prefix(state)
-    if "bert.embeddings.task_embeddings.weight" in state:
-        raise ConversionError(f"{what}: task-specific tokens (bert.embeddings.task_embeddings) are not supported")
     heads, head_map = _head_maps(state)
-    config = ViLBertConfig.from_dict({**config.to_dict(), "heads": heads})
+    tokens: list[str] = []
+    if TASK_TOKENS_KEY in state:  # trained with --task_specific_tokens (multi_task_model.bin)
+        rows = state[TASK_TOKENS_KEY].shape[0]
+        tokens = ORIGINAL_TASK_TOKENS[:rows] + [f"task{i}" for i in range(len(ORIGINAL_TASK_TOKENS), rows)]
+        head_map["task_embeddings.weight"] = _one(TASK_TOKENS_KEY)
+    config = ViLBertConfig.from_dict({**config.to_dict(), "heads": heads, "task_tokens": tokens})
     mapping = {**_original_encoder_map(config), **head_map}
     converted = _apply_map(mapping, state, _shapes(config), what)
     used = {k for keys, _ in mapping.values() for k in keys}

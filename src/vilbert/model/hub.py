@@ -125,6 +125,8 @@ def write_model_card(directory: str | Path, config: ViLBertConfig, trained_on: s
          f"region features; {config.num_coattention_layers} co-attention layers.") if two else
         f"- One stream over {config.v_feature_size}-d region features and words.",
         f"- Heads: {heads}" + (f" (VQA names {len(answers)} answers)." if answers else "."),
+        *([f"- Task tokens (12-in-1) for {', '.join(config.task_tokens)}: run the model inside "
+           "`model.task_scope(name)`."] if config.task_tokens else []),
         f"- Saved by vilbert {__version__}.", "",
         "```python", "from vilbert import ViLBert", 'model = ViLBert.from_pretrained("this/directory")', "```", "",
     ]

@@ -115,12 +115,13 @@ class CachedPairScorer:
         encoder = model.encoder
         # The first segment holds the text and visual layers that run before co-attention layer 0.
         self.first_text, self.first_visual = encoder.segments[0]
-        self.text_mask = text.attention_mask.bool()
+        self.text_mask = model.extend_text_mask(text.attention_mask)  # with a task token, T + 1
         self.image_mask = images.image_mask.bool()
         self.text_lengths = self.text_mask.sum(1)
         self.image_lengths = self.image_mask.sum(1)
         self.text_states = self._prefix(
-            len(text), chunk, lambda s: model.text_embeddings(text.input_ids[s], text.token_type_ids[s]),
+            len(text), chunk,
+            lambda s: model.text_inputs(text.input_ids[s], text.token_type_ids[s], text.attention_mask[s])[0],
             self.text_mask, encoder.text_layers, self.first_text,
         )  # [Nt,T,Dt]
         self.image_states = self._prefix(

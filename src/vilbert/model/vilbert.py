@@ -8,8 +8,9 @@ C region classes, A answers, N masked words in the batch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -122,6 +123,9 @@ class ViLBert(HubMixin, nn.Module):
             c.v_feature_size, self.image_width, c.v_hidden_dropout_prob if two else c.hidden_dropout_prob,
             c.layer_norm_eps,
         )
+        # 12-in-1's task tokens (config.task_tokens): row k is task k's token, inserted after [CLS].
+        self.task_embeddings = nn.Embedding(len(c.task_tokens), c.hidden_size) if c.task_tokens else None
+        self._task: str | None = None  # the task whose token the forward inserts (task_scope)
         self.encoder = TwoStreamEncoder(c) if two else SingleStreamEncoder(c)
         self.text_pooler = Pooler(c.hidden_size, c.bi_hidden_size)
         self.image_pooler = Pooler(self.image_width, c.bi_hidden_size)
@@ -159,6 +163,82 @@ class ViLBert(HubMixin, nn.Module):
                     reset += [f"{sub_name}.{p}" for p, _ in sub.named_parameters(recurse=False)]
         return reset
 
+    # -- task tokens (12-in-1) ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def task_scope(self, task: str) -> Iterator[None]:
+        """Forwards inside insert `task`'s token after [CLS] (a no-op for a model without task
+        tokens); a task the model has no token for is a KeyError naming the ones it has."""
+        if self.task_embeddings is None:
+            yield
+            return
+        if task not in self.config.task_tokens:
+            raise KeyError(f"the model has no task token for {task!r}; its task tokens: "
+                           f"{', '.join(self.config.task_tokens)} (add one with model.add_task_tokens)")
+        before, self._task = self._task, task
+        try:
+            yield
+        finally:
+            self._task = before
+
+    def add_task_tokens(self, tasks: Sequence[str]) -> list[str]:
+        """Give each named task without one a fresh token (the model's initialisation), keeping the
+        existing rows; records them in the config and returns the names added."""
+        new = [t for t in dict.fromkeys(tasks) if t not in self.config.task_tokens]
+        if not new:
+            return []
+        old = self.task_embeddings
+        ref = next(self.parameters())
+        table = nn.Embedding(len(self.config.task_tokens) + len(new), self.config.hidden_size).to(ref.device, ref.dtype)
+        self._init_weights(table)
+        if old is not None:
+            with torch.no_grad():
+                table.weight[: old.num_embeddings] = old.weight
+        self.task_embeddings = table
+        self.config.task_tokens = [*self.config.task_tokens, *new]
+        return new
+
+    def _task_rows(self, batch: int, task_ids: Tensor | None, device: torch.device) -> Tensor:
+        if task_ids is not None:
+            return task_ids.reshape(batch).to(device=device, dtype=torch.long)  # [B]
+        if self._task is None:
+            raise ValueError(f"this model has task tokens ({', '.join(self.config.task_tokens)}): run it inside "
+                             "model.task_scope(name) or pass task_ids")
+        return torch.full((batch,), self.config.task_tokens.index(self._task), device=device, dtype=torch.long)
+
+    def text_inputs(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor,
+                    task_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The text stream's input [B,T',Dt] and its bool mask [B,T']: the embeddings (T' = T), or with
+        task tokens the task's token after [CLS] (T' = T + 1). As in the original, the token gets no
+        position or segment embedding and the words keep their positions; the LayerNorm and dropout
+        apply to it as to every token (row-wise, so applying them apart is the same)."""
+        text = self.text_embeddings(input_ids, token_type_ids)  # [B,T,Dt]
+        mask = attention_mask.bool()
+        if self.task_embeddings is None:
+            return text, mask
+        rows = self._task_rows(text.shape[0], task_ids, text.device)
+        emb = self.text_embeddings
+        token = emb.dropout(emb.norm(self.task_embeddings(rows)))[:, None]  # [B,1,Dt]
+        return torch.cat([text[:, :1], token, text[:, 1:]], dim=1), self.extend_text_mask(mask)  # [B,T+1,Dt]
+
+    def extend_text_mask(self, mask: Tensor) -> Tensor:
+        """A [B,T] text mask as the stream sees it: with task tokens, a real position after [CLS]."""
+        mask = mask.bool()
+        if self.task_embeddings is None:
+            return mask
+        return torch.cat([mask[:, :1], torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # [B,T+1]
+
+    def _drop_task_token(self, text: Tensor, co_attn: list[tuple[Tensor, Tensor]] | None
+                         ) -> tuple[Tensor, list[tuple[Tensor, Tensor]] | None]:
+        """Outputs indexed by the caller's tokens again: the task token's row (and attention) removed."""
+        if self.task_embeddings is None:
+            return text, co_attn
+        keep = [0, *range(2, text.shape[1])]
+        text = text[:, keep]  # [B,T+1,Dt] -> [B,T,Dt]
+        if co_attn is not None:
+            co_attn = [(t2i[:, :, keep], i2t[..., keep]) for t2i, i2t in co_attn]  # T+1 -> T
+        return text, co_attn
+
     def add_head(self, name: str, **kwargs: Any) -> nn.Module:
         """Add a head (e.g. fine-tuning a checkpoint that lacks it) and record it in the config."""
         if name in self.heads:
@@ -194,8 +274,8 @@ class ViLBert(HubMixin, nn.Module):
                    head: str = "contrastive") -> Tensor:
         """Captions [B,T] -> unit embeddings [B,E] from the text stream alone (no image)."""
         projection = self.contrastive_head(head)
-        mask = attention_mask.bool()
-        text = self.encoder.text_only(self.text_embeddings(input_ids, token_type_ids), mask)
+        text, mask = self.text_inputs(input_ids, token_type_ids, attention_mask)
+        text = self.encoder.text_only(text, mask)
         return projection.embed_text(text, mask)
 
     def embed_images(self, image_features: Tensor, image_locations: Tensor, image_mask: Tensor,
@@ -218,6 +298,7 @@ class ViLBert(HubMixin, nn.Module):
         masked_word_positions: Tensor | None = None,
         output_attentions: bool = False,
         dual_inputs: Mapping[str, Tensor] | None = None,
+        task_ids: Tensor | None = None,
     ) -> ViLBertOutput:
         """Encode a batch and compute only the heads named in `heads`.
 
@@ -226,7 +307,9 @@ class ViLBert(HubMixin, nn.Module):
         the scaled similarities [Bd,Bd] of every row's caption with every row's image, each
         embedded by its stream alone, from `dual_inputs` (the six model inputs, e.g. pretraining's
         unmasked captions and regions) or else from the batch itself; computing them in the same
-        forward keeps one forward per step, as DDP expects.
+        forward keeps one forward per step, as DDP expects. A model with task tokens inserts the
+        token of `task_ids` ([B] rows of its table) or else of `task_scope`'s task; every output
+        is indexed by the input's tokens (the task token's row is left out).
         """
         if isinstance(heads, str):
             heads = (heads,)
@@ -234,10 +317,11 @@ class ViLBert(HubMixin, nn.Module):
         if missing:
             raise KeyError(f"model has no head {missing}; its heads: {', '.join(self.heads) or '(none)'}")
         self._check_inputs(input_ids, image_features, image_locations)
-        text_mask, image_mask = attention_mask.bool(), image_mask.bool()
-        text = self.text_embeddings(input_ids, token_type_ids)
+        text, text_mask = self.text_inputs(input_ids, token_type_ids, attention_mask, task_ids)
+        image_mask = image_mask.bool()
         image = self.image_embeddings(image_features, image_locations)
         text, image, co_attn = self.encoder(text, text_mask, image, image_mask, output_attentions)
+        text, co_attn = self._drop_task_token(text, co_attn)  # [CLS] stays row 0: the pooler reads it
         pooled_text, pooled_image = self.text_pooler(text), self.image_pooler(image)
         fused = pooled_text * pooled_image
         out = ViLBertOutput(text, image, pooled_text, pooled_image, fused, co_attentions=co_attn)
