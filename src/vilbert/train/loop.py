@@ -95,6 +95,19 @@ def _ensure_heads(model: nn.Module, task: Task) -> None:
             model.add_head(name, **kwargs)
 
 
+class _TaskLoss(nn.Module):
+    """The model and the task's loss as one module, so that under DDP the forward's output is the
+    loss: DDP looks for the parameters a step used from the output, and a model output the loss
+    ignores (the poolers under RefCOCO+'s region scores) would be waited for and never arrive."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(self.model, batch)
+
+
 class _Run:
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, out_dir: Path, device: torch.device):
         self.model, self.task, self.config, self.out_dir, self.device = model, task, config, out_dir, device
@@ -194,9 +207,12 @@ class _Run:
         )
         return sampler, iter(loader)
 
-    def train_step(self, ddp: nn.Module, items_per_micro: list[list[Any]], n_global: int) -> tuple[torch.Tensor, dict]:
+    def train_step(self, ddp: nn.Module, items_per_micro: list[list[Any]], n_global: int,
+                   filler: int = 0) -> tuple[torch.Tensor, dict]:
         """Forward/backward every micro-batch of one step, then clip and update. Returns the
-        (unreduced) sum of loss x examples on this rank and the stats summed the same way."""
+        (unreduced) sum of loss x examples on this rank and the stats summed the same way.
+        `filler`: an example of the step's global batch, for a rank with nothing to do at the last
+        micro-step (of the step's own task, so every rank uses the heads one process would)."""
         loss_sum = torch.zeros((), device=self.device)
         stats_sum: dict[str, float] = {}
         last = len(items_per_micro) - 1
@@ -205,13 +221,13 @@ class _Run:
             if not items:
                 if micro != last or self.world == 1:
                     continue  # nothing to do, and no gradient synchronisation to take part in
-                items, weight = [self.dataset[0]], 0.0  # join DDP's all-reduce with a zero gradient
+                items, weight = [self.dataset[filler]], 0.0  # join DDP's all-reduce with a zero gradient
             _seed_micro_step(self.config.seed, self.step, micro, self.rank)
             batch = self.task.collate(items).to(self.device)
             sync = micro == last or not isinstance(ddp, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with self.autocast():
-                    loss, stats = self.task.loss(ddp, batch)
+                    loss, stats = ddp(batch)  # the task's loss (through DDP under torchrun)
                 if not torch.isfinite(loss.detach()).all():
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (micro-step {micro}, rank {self.rank})")
                 scaled = loss.float() * weight
@@ -288,7 +304,7 @@ def _train(model, task, config, out_dir, resume, eval_splits, device) -> TrainRe
     run = _Run(model, task, config, out_dir, device)
     resumed = run.restore() if resume else False
     logger = RunLogger(out_dir, enabled=D.is_main(), resume_step=run.step if resumed else None)
-    ddp = D.wrap_ddp(model, device, config.find_unused_parameters)
+    ddp = D.wrap_ddp(_TaskLoss(model, task), device, config.find_unused_parameters)
     end = run.total if config.stop_after is None else min(run.total, config.stop_after)
     result = TrainResult(out_dir=out_dir, step=run.step, total_steps=run.total, epoch=0, loss=math.nan)
     bar = tqdm(total=run.total, initial=run.step, desc=f"train {task.name}", dynamic_ncols=True,
@@ -300,7 +316,7 @@ def _train(model, task, config, out_dir, resume, eval_splits, device) -> TrainRe
             n_global = len(sampler.global_batch(step_in_epoch))
             micro_items = [next(batches) for _ in range(config.grad_accum)]
             lr = run.scheduler.get_last_lr()[0]
-            loss_sum, stats = run.train_step(ddp, micro_items, n_global)
+            loss_sum, stats = run.train_step(ddp, micro_items, n_global, sampler.global_batch(step_in_epoch)[0])
             run.step += 1
             bar.update(1)
             if run.step % config.log_every == 0 or run.step == end:
