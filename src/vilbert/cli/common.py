@@ -17,7 +17,7 @@ import torch
 
 from vilbert.detect import list_detectors
 from vilbert.pipelines.models import TEXT_INIT_HELP, ModelSource
-from vilbert.pipelines.settings import train_config_for
+from vilbert.pipelines.settings import multitask_train_config, train_config_for
 from vilbert.tasks import TaskData, parse_options
 from vilbert.train import TrainConfig
 
@@ -69,12 +69,17 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector-config", default=None, help="a JSON file of detector settings over the released ones")
 
 
-def add_data_args(p: argparse.ArgumentParser, task: bool = True) -> None:
-    """--task, --data, --features, --option and the text/region limits (TaskData's)."""
+def add_data_args(p: argparse.ArgumentParser, task: bool = True, tasks: bool = False) -> None:
+    """--task, --data, --features, --option and the text/region limits (TaskData's); `tasks`:
+    --task or --tasks (several, trained together)."""
     g = p.add_argument_group("data")
     if task:
-        g.add_argument("--task", required=True, help="task name (vqa, vcr, vcr_q_a, vcr_qa_r, refer, retrieval, "
-                                                     "zero_shot_retrieval)")
+        which = g.add_mutually_exclusive_group(required=True) if tasks else g
+        which.add_argument("--task", required=not tasks, help="task name (vqa, vcr, vcr_q_a, vcr_qa_r, refer, "
+                                                              "retrieval, zero_shot_retrieval)")
+        if tasks:
+            which.add_argument("--tasks", default=None, metavar="TASK,TASK,...",
+                               help="several tasks trained together in one model (12-in-1), e.g. vqa,vcr,refer,retrieval")
         g.add_argument("--data", required=True, help="dataset root holding vqa/, vcr/, refcoco+/, flickr30k/")
     g.add_argument("--features", default=None, help="region feature store (default DATA/features.lmdb)")
     g.add_argument("--max-text-length", type=int, default=None, help="tokens per text (default: the task's recipe)")
@@ -82,7 +87,8 @@ def add_data_args(p: argparse.ArgumentParser, task: bool = True) -> None:
                    help=f"real regions per image; the [IMG] row comes on top (default {TaskData.max_regions})")
     if task:
         g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="task option, repeatable (e.g. min_answer_count=9, eval_images=1000)")
+                       help="task option, repeatable (e.g. min_answer_count=9, eval_images=1000)"
+                            + ("; with --tasks, TASK.KEY=VALUE for one task (KEY=VALUE: every task)" if tasks else ""))
 
 
 def task_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,10 +148,13 @@ def add_training_args(p: argparse.ArgumentParser, text_lr_scale: float) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
 
 
-def train_config(args: argparse.Namespace, task: str) -> TrainConfig:
-    """TrainConfig from the training arguments over `task`'s recipe."""
-    return train_config_for(
-        task, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+def train_config(args: argparse.Namespace, task: str | list[str]) -> TrainConfig:
+    """TrainConfig from the training arguments over `task`'s recipe (several tasks: their
+    combined defaults, `multitask_train_config`; --batch-size is then each task's, not the config's)."""
+    several = not isinstance(task, str)
+    make = multitask_train_config if several else train_config_for
+    return make(
+        task, epochs=args.epochs, max_steps=args.max_steps, batch_size=None if several else args.batch_size, lr=args.lr,
         warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay, grad_accum=args.grad_accum,
         data_fraction=args.data_fraction, seed=args.seed, precision=args.precision, device=args.device,
         eval_every=args.eval_every, save_every=args.save_every, stop_after=args.stop_after,

@@ -53,12 +53,11 @@ def evaluate(run: EvaluateRun, log: Log = stderr_log("vilbert evaluate")) -> dic
     if missing:
         raise ValueError(f"{run.model.describe()} has no {missing} head(s) for task {run.task!r} "
                          f"(its heads: {', '.join(model.heads) or 'none'}); fine-tune it on the task first")
-    with torch.no_grad():
+    with torch.no_grad(), model.task_scope(run.task):  # a multi-task model's token for the task, if it has them
         metrics = {k: float(v) for k, v in task.evaluate(model, run.split, batch_size=run.batch_size).items()}
-    if run.predictions is not None:
-        if not hasattr(task, "predictions"):
-            raise ValueError(f"task {run.task!r} does not write predictions (vqa, refer and retrieval do)")
-        with torch.no_grad():
+        if run.predictions is not None:
+            if not hasattr(task, "predictions"):
+                raise ValueError(f"task {run.task!r} does not write predictions (vqa, refer and retrieval do)")
             write_json(run.predictions, task.predictions(model, run.split, batch_size=run.batch_size))
     checkpoint = str(run.model.directory) if run.model.saved else run.model.describe()
     return {"task": run.task, "split": run.split, "checkpoint": checkpoint, "metrics": metrics}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vilbert.core.runtime import resolve_device
+from vilbert.core.task import Task
 from vilbert.io.atomic import write_json
 from vilbert.model import ViLBert, save_pretrained
 from vilbert.model.hub import write_model_card
@@ -75,6 +76,20 @@ def _finetune(run: FinetuneRun, config: TrainConfig, log: Log) -> FinetuneResult
     torch.manual_seed(config.seed)
     task = build_task(run.task, run.data, run.features, **run.options)
     model = run.model.build(task.store.meta, task.store.path, config.seed, log)
+    if model.config.task_tokens:  # a multi-task model's: this task trains under its own token
+        added = model.add_task_tokens([run.task])
+        if added:
+            log(f"added a task token for {run.task!r} (the model has {', '.join(model.config.task_tokens[:-1])})")
+    with model.task_scope(run.task):
+        return train_and_save(task, model, run.task, run, config, f"{run.task} ({run.data})", log)
+
+
+def train_and_save(task: Task, model: ViLBert, label: str, run: Any, config: TrainConfig, trained_on: str,
+                   log: Log, extra: dict[str, Any] | None = None) -> FinetuneResult:
+    """Re-initialise `run.reinit`, train `task` into `run.out` (its text stream at
+    `run.text_lr_scale` of the rate), then on rank 0 save OUT/model, score `run.eval_splits` and
+    write OUT/metrics.json (`label` as its task, then `extra`) and the model card. `run`: a
+    FinetuneRun or a MultitaskRun."""
     if run.reinit:
         torch.manual_seed(config.seed)
         model.reinitialize(run.reinit)
@@ -86,11 +101,11 @@ def _finetune(run: FinetuneRun, config: TrainConfig, log: Log) -> FinetuneResult
         return FinetuneResult(model, result.step, result.finished, {})
     out = Path(run.out)
     save_pretrained(model, out / MODEL_DIR)
-    metrics: dict[str, Any] = {"task": run.task, "steps": result.step, "finished": result.finished,
+    metrics: dict[str, Any] = {"task": label, **(extra or {}), "steps": result.step, "finished": result.finished,
                                "model": str(out / MODEL_DIR)}
     if result.finished:
         metrics.update(evaluate_splits(task, model, run.eval_splits, result.metrics, log))
-        write_model_card(out / MODEL_DIR, model.config, f"{run.task} ({run.data}), {result.step} steps",
+        write_model_card(out / MODEL_DIR, model.config, f"{trained_on}, {result.step} steps",
                          {k: v for k, v in metrics.items() if isinstance(v, dict)})
         if not run.keep_checkpoints:
             # The checkpoints hold the optimizer state (twice the model) to resume an unfinished
@@ -100,7 +115,7 @@ def _finetune(run: FinetuneRun, config: TrainConfig, log: Log) -> FinetuneResult
     return FinetuneResult(model, result.step, result.finished, metrics)
 
 
-def evaluate_splits(task, model: ViLBert, splits: tuple[str, ...], known: dict[str, dict[str, float]],
+def evaluate_splits(task: Task, model: ViLBert, splits: tuple[str, ...], known: dict[str, dict[str, float]],
                     log: Log) -> dict[str, dict[str, float]]:
     """Metrics per split (reusing what the trainer already computed); a split without labels is
     skipped, and said so."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from vilbert.tasks import recipe
 from vilbert.train import TrainConfig
@@ -15,5 +15,16 @@ def train_config_for(task: str, **settings: Any) -> TrainConfig:
     (TrainConfig fields; a None value keeps the default)."""
     r = recipe(task)
     values: dict[str, Any] = {name: getattr(r, name) for name in RECIPE_FIELDS}
+    values.update({k: v for k, v in settings.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def multitask_train_config(tasks: Sequence[str], **settings: Any) -> TrainConfig:
+    """TrainConfig for several tasks trained together: lr the smallest of their recipes' (12-in-1's
+    base rate; each task's loss is weighted by its own rate over it), epochs the largest,
+    overridden by `settings` as in `train_config_for` (each task's batch size is its own)."""
+    recipes = [recipe(t) for t in tasks]
+    values: dict[str, Any] = {"lr": min(r.lr for r in recipes), "epochs": max(r.epochs for r in recipes),
+                              "batch_size": max(r.batch_size for r in recipes)}
     values.update({k: v for k, v in settings.items() if v is not None})
     return TrainConfig(**values)
