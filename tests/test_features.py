@@ -340,3 +340,48 @@ def test_vcr_boxes_are_the_objects_in_order(task_world, tmp_path, capsys):
     args = ["--vcr-boxes", str(broken / "train.jsonl"), "--out", str(tmp_path / "bad.lmdb"), "--no-progress"]
     assert features_main(["--images", str(task_world / "images"), *args]) == 2
     assert f"{broken / item['metadata_fn']}: a box has no area" in capsys.readouterr().err
+
+
+def test_colour_features_keep_what_the_final_features_drop(tmp_path):
+    """Three shapes in three colours: by the final ImageNet features a region's nearest neighbour
+    shares its shape, by the appended early dims its colour; the first dims are the plain
+    extraction's, bit for bit."""
+    from PIL import ImageDraw
+
+    from vilbert.features.backbone import COLOUR_CHANNELS, load_backbone
+    from vilbert.features.boxes import ImageEntry
+
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    entries = []
+    for shape in ("circle", "square", "triangle"):
+        for name, colour in colours.items():
+            image = Image.new("RGB", (96, 96), (128, 128, 128))
+            draw = ImageDraw.Draw(image)
+            if shape == "circle":
+                draw.ellipse((20, 20, 76, 76), fill=colour)
+            elif shape == "square":
+                draw.rectangle((24, 24, 72, 72), fill=colour)
+            else:
+                draw.polygon([(48, 18), (80, 78), (16, 78)], fill=colour)
+            image.save(tmp_path / f"{shape}_{name}.png")
+            entries.append(ImageEntry(f"{shape}_{name}", tmp_path / f"{shape}_{name}.png",
+                                      boxes=np.array([[12, 12, 84, 84]], np.float32)))
+    backbone = load_backbone()
+    extract_features(entries, tmp_path / "plain", ExtractConfig(image_size=96), backbone=backbone, progress=False)
+    extract_features(entries, tmp_path / "colour", ExtractConfig(image_size=96, colour_features=True),
+                     backbone=backbone, progress=False)
+    plain, store = FeatureStore(tmp_path / "plain"), FeatureStore(tmp_path / "colour")
+    width = plain.meta["feature_dim"]
+    assert store.meta["feature_dim"] == width + COLOUR_CHANNELS
+    names = [e.image_id for e in entries]
+    features = np.stack([store[n].features[0] for n in names])
+    np.testing.assert_array_equal(features[:, :width], np.stack([plain[n].features[0] for n in names]))
+
+    def same_colour_as_nearest(x: np.ndarray) -> float:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        similarity = x @ x.T
+        np.fill_diagonal(similarity, -np.inf)
+        return float(np.mean([a.split("_")[1] == names[j].split("_")[1] for a, j in zip(names, similarity.argmax(1))]))
+
+    assert same_colour_as_nearest(features[:, width:]) == 1.0
+    assert same_colour_as_nearest(features[:, :width]) < 0.5

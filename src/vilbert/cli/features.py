@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nms-iou", type=float, default=d.iou_threshold, help="NMS IoU for detector boxes")
     parser.add_argument("--score-threshold", type=float, default=d.score_threshold)
     parser.add_argument("--fp16-store", action="store_true", help="store features and cls_prob as float16")
+    parser.add_argument("--colour-features", action="store_true",
+                        help="append 40 dims pooled from an early stride-8 map, which keeps colour (the final "
+                             "ImageNet features nearly drop it); the demo uses it")
     parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes")
     add_runtime_args(parser)
     return parser
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
         image_size=args.image_size, output_stride=args.output_stride, batch_size=args.batch_size,
         min_boxes=args.min_boxes, max_boxes=args.max_boxes, iou_threshold=args.nms_iou,
         score_threshold=args.score_threshold, fp16_store=args.fp16_store, workers=args.workers,
+        colour_features=args.colour_features,
     )
     report = extract(FeaturesRun(
         images=args.images, out=args.out, boxes=args.boxes, vcr_boxes=tuple(args.vcr_boxes or ()),

@@ -89,7 +89,8 @@ class Steps:
     def extract_features(self) -> dict[str, Any]:
         report = extract(FeaturesRun(images=self.world / "images", out=self.features,
                                      boxes=self.world / "proposals.json",
-                                     config=ExtractConfig(image_size=self.sizes.image_size, batch_size=EXTRACT_BATCH)))
+                                     config=ExtractConfig(image_size=self.sizes.image_size, batch_size=EXTRACT_BATCH,
+                                                          colour_features=self.sizes.colour_features)))
         if report.failed:
             raise RuntimeError(f"{report.failed} images failed; see {self.features}/failures.jsonl")
         return {"written": report.written, "skipped": report.skipped}

@@ -24,6 +24,11 @@ WEIGHTS_SHA256 = {
 # The port's weights expect torchvision-style ImageNet normalisation of RGB in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The block whose stride-8 map (40 channels) keeps the colour the final ImageNet features discard:
+# a linear probe reads an object's colour from its region there 99% of the time, from the final
+# 1280-d features 57% (the demo world's objects; README "The demo").
+COLOUR_BLOCK = 4
+COLOUR_CHANNELS = 40
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,19 @@ class Backbone(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = ((pixels - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return self.net.extract_features(x)
+
+    def with_colour(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the final map [B,1280,S/32,S/32], block COLOUR_BLOCK's map [B,40,S/8,S/8]): the same network
+        run once (as `extract_features` runs it, in eval mode), keeping an early map on the way."""
+        net = self.net
+        x = ((pixels - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        early = None
+        for index, block in enumerate(net._blocks):
+            x = block(x)
+            if index == COLOUR_BLOCK:
+                early = x
+        return net._swish(net._bn1(net._conv_head(x))), early
 
     def classify(self, vectors: torch.Tensor) -> torch.Tensor:
         # Dropout is the identity in eval mode, so the head is just the final Linear + softmax.

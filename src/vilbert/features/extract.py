@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from vilbert.core.regions import ImageRegions
-from vilbert.features.backbone import IMAGENET_MEAN, Backbone, load_backbone
+from vilbert.features.backbone import COLOUR_CHANNELS, IMAGENET_MEAN, Backbone, load_backbone
 from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, clip_given_boxes, grid_boxes, select_boxes
 from vilbert.features.fill import ExtractReport, fill_store, read_rgb
 from vilbert.features.roi_align import roi_align_pooled
@@ -46,6 +46,9 @@ class ExtractConfig:
     sampling_ratio: int = 2
     fp16_store: bool = False
     workers: int = 0
+    # Also pool an early, stride-8 map and append it (40 more dims): the final features are nearly
+    # colour-blind (see features.backbone.COLOUR_BLOCK).
+    colour_features: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 32:
@@ -112,15 +115,24 @@ class Letterbox:
 def regions_for_batch(backbone: Backbone, items: Sequence[Prepared], config: ExtractConfig) -> list[ImageRegions]:
     """Features and cls_prob of every region of a batch of prepared images."""
     pixels = torch.stack([p.canvas for p in items]).float().div_(255.0)  # [B,3,S,S]
-    fmap = backbone(pixels)  # [B,1280,S/32,S/32]
-    spatial_scale = fmap.shape[-1] / config.image_size
+    if config.colour_features:
+        fmap, early = backbone.with_colour(pixels)  # [B,1280,S/32,S/32], [B,40,S/8,S/8]
+    else:
+        fmap, early = backbone(pixels), None  # [B,1280,S/32,S/32]
     canvas_boxes = [
         torch.from_numpy(p.boxes * np.array([*p.scale, *p.scale], dtype=np.float32)) for p in items
     ]
     size = config.roi_output_size
-    # The mean of the RoIAlign bins, computed as one weight map per box (same numbers, far cheaper).
-    vectors = roi_align_pooled(fmap, canvas_boxes, (size, size), spatial_scale, config.sampling_ratio)  # [K,C]
-    cls_prob = backbone.classify(vectors)  # [K,1000]
+
+    def pooled(feature_map: torch.Tensor) -> torch.Tensor:
+        # The mean of the RoIAlign bins, computed as one weight map per box (same numbers, far cheaper).
+        return roi_align_pooled(feature_map, canvas_boxes, (size, size), feature_map.shape[-1] / config.image_size,
+                                config.sampling_ratio)  # [K,C]
+
+    vectors = pooled(fmap)  # [K,1280]
+    cls_prob = backbone.classify(vectors)  # [K,1000], the ImageNet head on the final features
+    if early is not None:
+        vectors = torch.cat([vectors, pooled(early)], dim=1)  # [K,1280+40]
     out, start = [], 0
     for p in items:
         n = len(p.boxes)
@@ -137,7 +149,7 @@ def store_meta(backbone: Backbone, config: ExtractConfig, boxes_source: str) -> 
     return {
         "backbone": info.name,
         "weights_sha256": info.weights_sha256,
-        "feature_dim": info.feature_dim,
+        "feature_dim": info.feature_dim + (COLOUR_CHANNELS if config.colour_features else 0),
         "num_classes": info.num_classes,
         "dtype": "float16" if config.fp16_store else "float32",
         "image_size": config.image_size,
