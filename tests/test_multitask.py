@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from vilbert.cli import evaluate as evaluate_cli
 from vilbert.cli import finetune as finetune_cli
-from vilbert.model import build_model, load_pretrained, load_preset
+from vilbert.model import build_model, load_preset, load_pretrained
 from vilbert.pipelines import ModelSource, MultitaskRun, TaskSpec, multitask
 from vilbert.tasks import build_task
 from vilbert.tasks.mixing import MultiTaskPlan, TaskMix, apportion

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_model import make_inputs as inputs  # random token ids and regions, row 1 padded
 
-from vilbert.model import build_model, load_pretrained, load_preset, save_pretrained
+from vilbert.model import build_model, load_preset, load_pretrained, save_pretrained
 from vilbert.model.convert import (
     ORIGINAL_TASK_TOKENS,
     TASK_TOKENS_KEY,
@@ -22,18 +23,6 @@ from vilbert.model.pair_cache import ImageInputs, TextInputs, score_matrix
 FIXTURE = Path(__file__).parent / "fixtures" / "task_tokens" / "outputs.pt"
 TOL = dict(atol=1e-5, rtol=1e-5)
 TASKS = ["vqa", "vcr", "refer"]
-
-
-def inputs(b=3, t=6, r=5, d=1280, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    text_mask = torch.ones(b, t, dtype=torch.long)
-    image_mask = torch.ones(b, r, dtype=torch.long)
-    if b > 1:
-        text_mask[1, t - 2 :] = 0
-        image_mask[1, r - 2 :] = 0
-    return {"input_ids": torch.randint(1, 1000, (b, t), generator=g), "token_type_ids": torch.zeros(b, t, dtype=torch.long),
-            "attention_mask": text_mask, "image_features": torch.randn(b, r, d, generator=g),
-            "image_locations": torch.rand(b, r, 5, generator=g), "image_mask": image_mask}
 
 
 def token_model(tasks=TASKS, **overrides):
