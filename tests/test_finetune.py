@@ -155,3 +155,16 @@ def test_evaluate_writes_predictions_in_the_official_format(vqa_run, root, tmp_p
     assert vqa_accuracy([r["answer"] for r in results], [e.scores for e in examples]) == pytest.approx(printed["accuracy"])
     yes_no = [(r["answer"], e.scores) for r, e in zip(results, examples) if e.answer_type == "yes/no"]
     assert vqa_accuracy(*zip(*yes_no)) == pytest.approx(printed["accuracy_yes_no"])
+
+
+def test_bucket_by_length_is_a_recorded_trajectory_setting(vqa_run, root, tmp_path, capsys):
+    out = tmp_path / "bucketed"
+    base = ["--task", "vqa", "--data", str(root), "--out", str(out), "--preset", "tiny", "--batch-size", "8",
+            "--no-progress"]
+    assert finetune_cli.main([*base, "--max-steps", "3", "--bucket-by-length", "--stop-after", "2"]) == 0
+    # resuming without the flag would change which examples make up step 3: refused, naming it
+    assert finetune_cli.main([*base, "--max-steps", "3", "--resume"]) != 0
+    assert "bucket_by_length: True -> False" in capsys.readouterr().err
+    assert finetune_cli.main([*base, "--max-steps", "3", "--bucket-by-length", "--resume"]) == 0
+    bucketed, plain = load_pretrained(out / "model").state_dict(), load_pretrained(vqa_run / "model").state_dict()
+    assert any(not torch.equal(bucketed[k], plain[k]) for k in plain)  # other batches than the plain order's

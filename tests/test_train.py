@@ -248,3 +248,38 @@ def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
         _flip(tmp_path / "checkpoints" / step / "trainer_state.pt", at=0.3)
     with pytest.raises(DamagedCheckpointError, match=r"every checkpoint .* is damaged \(step_4, step_2\)"):
         train(_model(), ToyTask(size=16), _config(max_steps=4, save_every=2), tmp_path, resume=True)
+
+
+def test_length_buckets_cover_each_epoch_and_pad_less():
+    from vilbert.train.buckets import LengthBuckets
+
+    lengths = [int(v) for v in torch.randint(4, 40, (203,), generator=torch.Generator().manual_seed(1))]
+    plan = LengthBuckets(lengths, batch_size=8, chunk_batches=5)
+    epoch = plan.epoch_batches(seed=3, epoch=0)
+    assert len(epoch) == plan.steps_per_epoch == 26
+    assert sorted(i for b in epoch for i in b.indices) == list(range(203))  # every example once
+    assert all(len(b.indices) == 8 for b in epoch[:-1]) and len(epoch[-1].indices) == 3  # the short one last
+    assert epoch == plan.epoch_batches(seed=3, epoch=0) and epoch != plan.epoch_batches(seed=3, epoch=1)
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = torch.randperm(203, generator=torch.Generator().manual_seed(3)).tolist()
+    plain = [shuffled[k : k + 8] for k in range(0, 203, 8)]  # the trainer's own kind of order
+    assert padding([b.indices for b in epoch]) < padding(plain) / 3
+
+
+def test_bucketed_training_resumes_exactly_and_refuses_tasks_without_lengths(tmp_path):
+    class LengthToy(ToyTask):
+        def lengths(self, split):
+            return [len(self.dataset(split)[i]["ids"]) for i in range(len(self.dataset(split)))]
+
+    config = _config(max_steps=6, save_every=2, bucket_by_length=True)
+    train(_model(), LengthToy(size=40), config, tmp_path / "ref")
+    train(_model(), LengthToy(size=40), _config(max_steps=6, save_every=2, bucket_by_length=True, stop_after=4),
+          tmp_path / "cut")
+    train(_model(), LengthToy(size=40), config, tmp_path / "cut", resume=True)
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="gives no text lengths"):
+        train(_model(), ToyTask(size=16), _config(bucket_by_length=True), tmp_path / "plain")

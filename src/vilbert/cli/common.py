@@ -137,6 +137,8 @@ def add_training_args(p: argparse.ArgumentParser, text_lr_scale: float) -> None:
     g.add_argument("--grad-accum", type=int, default=None, help=f"accumulation micro-steps (default {d.grad_accum})")
     g.add_argument("--data-fraction", type=float, default=None,
                    help="train on this fixed, nested share of the examples (default all)")
+    g.add_argument("--bucket-by-length", action="store_true",
+                   help="batch examples of like text length together (less padding; another example order)")
     g.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
     g.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help=f"(default {d.precision}: bf16/fp16 autocast on CUDA, fp32 elsewhere)")
@@ -158,5 +160,5 @@ def train_config(args: argparse.Namespace, task: str | list[str]) -> TrainConfig
         warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay, grad_accum=args.grad_accum,
         data_fraction=args.data_fraction, seed=args.seed, precision=args.precision, device=args.device,
         eval_every=args.eval_every, save_every=args.save_every, stop_after=args.stop_after,
-        num_workers=args.workers, progress=not args.no_progress,
+        num_workers=args.workers, progress=not args.no_progress, bucket_by_length=args.bucket_by_length or None,
     )

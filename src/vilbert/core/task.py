@@ -48,6 +48,11 @@ class Task(ABC):
         """Heads the model must have for this task: head name -> constructor arguments."""
         return {}
 
+    def lengths(self, split: str) -> list[int] | None:
+        """Each example's text length in tokens (what a batch pads to), for length bucketing; None
+        when the task has no single text length per example."""
+        return None
+
     def batch_plan(self) -> BatchPlan | None:
         """The order of training batches, or None (the default): the trainer shuffles the train
         dataset per (seed, epoch) and cuts it into batches of `TrainConfig.batch_size`."""

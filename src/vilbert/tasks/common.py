@@ -57,6 +57,10 @@ class RegionTextTask(Task):
         """Texts (or (a, b) pairs) -> ids, token types and mask [B,T], padded to the longest."""
         return encode_texts(self.tokenizer, texts, self.data.max_text_length)
 
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of `texts` as `encode_texts` makes them ([CLS] and [SEP] included, truncated)."""
+        return [len(ids) for ids in self.tokenizer.encode_batch(list(texts), self.data.max_text_length)]
+
     def make_batch(
         self,
         texts: Sequence[str] | Sequence[tuple[str, str]],

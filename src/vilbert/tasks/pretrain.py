@@ -177,6 +177,10 @@ class PretrainTask(RegionTextTask):
             self._pools[split] = _NegativePool(pairs, str(self.split_path(split)))
         return self._pools[split]
 
+    def lengths(self, split: str) -> list[int]:
+        """The own caption's length (half the rows get another caption's, of no particular length)."""
+        return self.text_lengths([p.caption for p in self.pairs(split)])
+
     def dataset(self, split: str) -> CaptionDataset:
         return CaptionDataset(self.pairs(split), split)
 

@@ -101,6 +101,9 @@ class ReferTask(RegionTextTask):
             self._expressions[split] = found
         return self._expressions[split]
 
+    def lengths(self, split: str) -> list[int]:
+        return self.text_lengths([e.sentence for e in self.expressions(split)])
+
     def dataset(self, split: str) -> list[ReferExpression]:
         return self.expressions(split)
 

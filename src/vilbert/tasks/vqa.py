@@ -160,6 +160,9 @@ class VQATask(RegionTextTask):
             kwargs["hidden"] = int(self.head_hidden)
         return {HEAD: kwargs}
 
+    def lengths(self, split: str) -> list[int]:
+        return self.text_lengths([e.question for e in self.examples(split)])
+
     def dataset(self, split: str) -> list[VQAExample]:
         return self.examples(split)
 

@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields that decide which examples and updates make up step k: a resumed run must keep them.
 TRAJECTORY_FIELDS = (
     "lr", "weight_decay", "warmup_fraction", "epochs", "max_steps", "batch_size", "grad_accum",
-    "clip_norm", "seed", "data_fraction", "betas", "eps", "lr_scales",
+    "clip_norm", "seed", "data_fraction", "betas", "eps", "lr_scales", "bucket_by_length",
 )
 
 
@@ -35,6 +35,9 @@ class TrainConfig:
     lr_scales: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     data_fraction: float = 1.0  # train on a fixed, nested share of the examples (data ablation)
+    # Batches of like text lengths (train/buckets.py): far less padding at real caption lengths. A
+    # different order of examples than the plain shuffle, so not the default (runs would change).
+    bucket_by_length: bool = False
     num_workers: int = 0
     log_every: int = 1
     save_every: int = 0  # 0: a checkpoint only at the end

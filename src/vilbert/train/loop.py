@@ -17,9 +17,10 @@ import contextlib
 import math
 import random
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from vilbert.core.subsets import data_subset
 from vilbert.core.task import Task
 from vilbert.io.atomic import remove_stale_temps
 from vilbert.train import distributed as D
+from vilbert.train.buckets import LengthBuckets
 from vilbert.train.checkpoint import (
     DamagedCheckpointError,
     TrainerState,
@@ -121,6 +123,8 @@ class _Run:
         self.plan = task.batch_plan()  # None: the trainer's own (seed, epoch) shuffle
         if self.plan is not None and config.data_fraction < 1.0:
             raise ValueError(f"task {task.name!r} plans its own batches: data_fraction < 1 does not apply")
+        if config.bucket_by_length:
+            self.plan = self._buckets(task, config, dataset)
         self.steps_per_epoch = self.plan.steps_per_epoch if self.plan else config.steps_per_epoch(len(dataset))
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, config.eps, config.lr_scales)
@@ -129,6 +133,16 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0
+
+    def _buckets(self, task: Task, config: TrainConfig, dataset) -> LengthBuckets:
+        if self.plan is not None:
+            raise ValueError(f"task {task.name!r} plans its own batches: bucket_by_length does not apply")
+        lengths = task.lengths("train")
+        if lengths is None:
+            raise ValueError(f"task {task.name!r} gives no text lengths to bucket its batches by")
+        if isinstance(dataset, Subset):
+            lengths = [lengths[i] for i in dataset.indices]
+        return LengthBuckets(lengths, config.batch_size)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -149,10 +163,12 @@ class _Run:
         else:
             raise DamagedCheckpointError(f"every checkpoint under {self.out_dir}/checkpoints is damaged "
                                          f"({', '.join(p.name for p in candidates)}); delete them to start again")
+        # a field a checkpoint predates ran at its default
+        saved = {**asdict(TrainConfig()), **state.config}
         changed = [
-            f"{k}: {state.config.get(k)!r} -> {getattr(self.config, k)!r}"
+            f"{k}: {saved.get(k)!r} -> {getattr(self.config, k)!r}"
             for k in TRAJECTORY_FIELDS
-            if _normalise(state.config.get(k)) != _normalise(getattr(self.config, k))
+            if _normalise(saved.get(k)) != _normalise(getattr(self.config, k))
         ]
         if changed:
             raise ValueError(f"cannot resume {found}: the run's config changed ({'; '.join(changed)})")
