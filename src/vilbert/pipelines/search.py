@@ -25,7 +25,6 @@ from vilbert.model import ViLBert, load_pretrained
 from vilbert.model.pair_cache import ImageInputs, TextInputs, score_pairs
 from vilbert.pipelines.index import ImageIndex
 from vilbert.pipelines.logs import Log, stderr_log
-from vilbert.tasks.contrastive import HEAD
 from vilbert.tasks.retrieval import RECIPE
 from vilbert.viz.grid import draw_image_grid
 

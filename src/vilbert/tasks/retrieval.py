@@ -329,7 +329,7 @@ class RetrievalTask(RegionTextTask):
         text, images = self.inputs(split)
         model = unwrap_model(model)
         start = time.perf_counter()
-        first = first_stage_scores(model, text, images, self.pair_batch_size or 256)
+        first = first_stage_scores(model, text, images)
         _synchronize(model)
         seconds = time.perf_counter() - start
         return Ranking(recalls(first, self.split(split).caption_image), seconds, 0)
