@@ -9,6 +9,7 @@ import torch
 
 from vilbert.cli import index as index_cli
 from vilbert.cli import search as search_cli
+from vilbert.cli.main import main as vilbert
 from vilbert.data.inputs import encode_texts
 from vilbert.data.tokenizer import load_tokenizer
 from vilbert.features.store import FeatureStore
@@ -40,7 +41,7 @@ def built(task_world, tmp_path_factory):
     model = scrambled()
     save_pretrained(model, base / "model")
     out = base / "images.index"
-    assert index_cli.main(["--checkpoint", str(base / "model"), "--features", str(task_world / "features.lmdb"),
+    assert vilbert(["index", "--checkpoint", str(base / "model"), "--features", str(task_world / "features.lmdb"),
                            "--out", str(out), "--images", str(task_world / "images"), "--batch-size", "7",
                            "--no-progress"]) == 0
     return base, model, out
@@ -74,7 +75,7 @@ def test_index_search_equals_brute_force(task_world, built, capsys):
     assert [h.image_id for h in result.hits] == expected
     assert [h.rank for h in result.hits] == list(range(1, len(expected) + 1))
     assert [h.score for h in result.hits] == pytest.approx(brute.sort(descending=True).values.tolist(), abs=1e-5)
-    assert search_cli.main(["--index", str(out), "--text", QUERY, "--top", "3"]) == 0
+    assert vilbert(["search", "--index", str(out), "--text", QUERY, "--top", "3"]) == 0  # the installed command's way in
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in printed[2:]] == expected[:3] and f"{len(expected)} images" in printed[0]
 

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("vilbert.cli.pretrain", "pretrain on image-caption pairs (masked modelling + alignment)"),
     "finetune": ("vilbert.cli.finetune", "fine-tune on a downstream task"),
     "evaluate": ("vilbert.cli.evaluate", "evaluate a checkpoint on a task split"),
+    "index": ("vilbert.cli.index", "embed every image of a feature store for fast text search"),
+    "search": ("vilbert.cli.search", "the best images of an index for a text (ViLBERT can re-rank them)"),
     "predict": ("vilbert.cli.predict", "answer a question or ground an expression on one image"),
     "explain": ("vilbert.cli.explain", "draw the co-attention between words and regions"),
     "serve": ("vilbert.cli.serve", "a local web page: ask a model about your images"),
