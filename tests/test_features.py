@@ -385,3 +385,29 @@ def test_colour_features_keep_what_the_final_features_drop(tmp_path):
 
     assert same_colour_as_nearest(features[:, width:]) == 1.0
     assert same_colour_as_nearest(features[:, :width]) < 0.5
+    # scaled to spread as the final features do, so 40 dims do not outweigh 1280 in the embedding
+    spread = features[:, width:].std() / features[:, :width].std()
+    assert 1 / 3 < spread < 3, spread
+
+
+def test_a_colour_store_written_before_the_scale_reads_as_it_was_made(tmp_path):
+    """Regions for a new image are made with the store's own settings: a colour store whose
+    metadata predates `colour_scale` had its early dims unscaled."""
+    from vilbert.features.backbone import COLOUR_SCALE
+    from vilbert.inference.images import extract_config
+
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "a.png")
+    entries = [ImageEntry("a", tmp_path / "a.png")]
+    extract_features(entries, tmp_path / "s", ExtractConfig(image_size=64, colour_features=True), progress=False)
+    assert extract_config(tmp_path / "s", None).colour_scale == COLOUR_SCALE
+    import lmdb
+
+    from vilbert.features.store import META_KEY
+
+    store = FeatureStore(tmp_path / "s")
+    meta = store.meta
+    store.close()
+    del meta["extract"]["colour_scale"]
+    with lmdb.open(str(tmp_path / "s"), subdir=True) as env, env.begin(write=True) as txn:
+        txn.put(META_KEY, json.dumps(meta).encode("utf-8"))
+    assert extract_config(tmp_path / "s", None).colour_scale == 1.0

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from vilbert.core.regions import ImageRegions
-from vilbert.features.backbone import COLOUR_CHANNELS, IMAGENET_MEAN, Backbone, load_backbone
+from vilbert.features.backbone import COLOUR_CHANNELS, COLOUR_SCALE, IMAGENET_MEAN, Backbone, load_backbone
 from vilbert.features.boxes import ImageEntry, check_detections, clip_boxes, clip_given_boxes, grid_boxes, select_boxes
 from vilbert.features.fill import ExtractReport, fill_store, read_rgb
 from vilbert.features.roi_align import roi_align_pooled
@@ -49,6 +49,7 @@ class ExtractConfig:
     # Also pool an early, stride-8 map and append it (40 more dims): the final features are nearly
     # colour-blind (see features.backbone.COLOUR_BLOCK).
     colour_features: bool = False
+    colour_scale: float = COLOUR_SCALE  # what the early dims are multiplied by (features.backbone)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 32:
@@ -132,7 +133,7 @@ def regions_for_batch(backbone: Backbone, items: Sequence[Prepared], config: Ext
     vectors = pooled(fmap)  # [K,1280]
     cls_prob = backbone.classify(vectors)  # [K,1000], the ImageNet head on the final features
     if early is not None:
-        vectors = torch.cat([vectors, pooled(early)], dim=1)  # [K,1280+40]
+        vectors = torch.cat([vectors, pooled(early) * config.colour_scale], dim=1)  # [K,1280+40]
     out, start = [], 0
     for p in items:
         n = len(p.boxes)

@@ -35,6 +35,8 @@ def extract_config(features: str | Path | None, image_size: int | None) -> Extra
         stored = (FeatureStore(features).meta or {}).get("extract", {})
         known = {f.name for f in dataclasses.fields(ExtractConfig)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in known}
+        if stored.get("colour_features") and "colour_scale" not in stored:
+            values["colour_scale"] = 1.0  # a store written before the early dims were scaled
     if image_size is not None:
         values["image_size"] = image_size
     return ExtractConfig(**values, batch_size=1)
