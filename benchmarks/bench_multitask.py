@@ -5,10 +5,10 @@ with the same total number of steps, at several seeds.
     python benchmarks/bench_multitask.py --demo runs/demo --out runs/bench_multitask --seeds 0 1 2
 
 `--demo` is a finished `vilbert demo` folder (its world/, features.lmdb and
-runs/pretrain/vilbert/model are read, never written: OUT links to them). Single-task runs are the
-demo's own stage (`vilbert.demo.steps.Steps.finetune`: its steps, batch sizes, rates, VQA's fresh
+runs/pretrain/vilbert/model are read, never written: OUT links to them, and to its finished seed-0
+fine-tunes, which are reused). Single-task runs are the demo's own stage (`vilbert.demo.steps.Steps.finetune`: its steps, batch sizes, rates, VQA's fresh
 poolers, the text stream at a tenth of the rate, seed = the demo's + k). Each multi-task variant
-trains one model for the sum of the single-task steps, each step one task's batch of that task's
+is the demo's multi-task stage (`Steps.multitask_run`, the `--ablations` row) and trains one model for the sum of the single-task steps, each step one task's batch of that task's
 single-task batch size, the same rates and text-stream scale, then scores every task on the same
 test split. Variants:
 
@@ -43,15 +43,14 @@ import torch
 
 from vilbert.demo.results import COLUMNS
 from vilbert.demo.rows import MAIN_ROWS
-from vilbert.demo.sizes import POOLERS, TASKS, default_sizes
+from vilbert.demo.sizes import TASKS, default_sizes
 from vilbert.demo.steps import Steps
-from vilbert.pipelines import MultitaskRun, TaskSpec, multitask
-from vilbert.pipelines.settings import multitask_train_config
-from vilbert.tasks.mixing import TaskMix
+from vilbert.pipelines import MultitaskRun
 from vilbert.tasks.multitask import metrics_by_task
 
 VILBERT_ROW = next(r for r in MAIN_ROWS if r.key == "vilbert")
 LINKED = ("world", "features.lmdb", "runs/pretrain/vilbert")
+SEED0_RUNS = tuple(f"runs/vilbert/{task}" for task in TASKS)  # the demo's own single-task fine-tunes, if finished
 VARIANTS = ("shares", "round_robin", "shares+reinit", "shares+tokens", "round_robin+reinit")
 TABLE = [c for c in COLUMNS if c[1] in TASKS]
 
@@ -63,6 +62,11 @@ def link_demo(demo: Path, out: Path) -> None:
         if not source.exists():
             raise FileNotFoundError(f"{source} is missing: --demo must be a finished `vilbert demo` folder")
         if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve())
+    for name in SEED0_RUNS:  # finished runs are only read (a rerun of a finished run reuses it)
+        source, target = demo / name, out / name
+        if finished(source) and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve())
 
@@ -85,26 +89,19 @@ def single(steps: Steps, task: str, seed: int) -> dict[str, float]:
 
 
 def multitask_run(steps: Steps, variant: str, seed: int, out: Path, val_every: int = 0) -> MultitaskRun:
-    s = steps.sizes
+    """The demo's multi-task run (`Steps.multitask_run`, as `vilbert demo --ablations` trains it)
+    with this variant's sampler, task tokens and poolers."""
     sampler, *extras = variant.split("+")
-    rates = {s.finetune[t].lr for t in TASKS}
-    base = min(rates)
-    specs = tuple(TaskSpec(t, batch_size=s.finetune[t].batch_size, loss_weight=s.finetune[t].lr / base,
-                           options=steps.task_options(t)) for t in TASKS)  # 12-in-1's loss_scale: rate over the smallest
-    mix = TaskMix("shares", shares={t: s.finetune[t].steps for t in TASKS}) if sampler == "shares" else TaskMix(sampler)
-    total = sum(s.finetune[t].steps for t in TASKS)
-    return MultitaskRun(
-        tasks=specs, data=steps.world, out=out, model=steps.row_model(VILBERT_ROW), features=steps.features, mix=mix,
-        task_tokens="tokens" in extras, reinit=POOLERS if "reinit" in extras else (),
-        text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
-        train=multitask_train_config(TASKS, lr=base, max_steps=total, seed=s.seed + seed, eval_every=val_every or None),
-        eval_splits=("val", s.eval_split) if val_every else (s.eval_split,), keep_checkpoints=False, resume=True,
-    )
+    return steps.multitask_run(VILBERT_ROW, seed, out=out, sampler=sampler, task_tokens="tokens" in extras,
+                               reinit_poolers="reinit" in extras, val_every=val_every)
 
 
 def multi(steps: Steps, variant: str, seed: int, val_every: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     out = multi_dir(steps, variant, seed)
-    done = finished(out) or multitask(multitask_run(steps, variant, seed, out, val_every), log=print).metrics
+    done = finished(out)
+    if done is None:
+        result = steps.multitask(multitask_run(steps, variant, seed, out, val_every))
+        return result["metrics"], result["steps_per_task"]
     return metrics_by_task(done[steps.sizes.eval_split], TASKS), done["steps_per_task"]
 
 

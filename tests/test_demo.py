@@ -147,9 +147,50 @@ def test_plan_names_every_row_and_task(tmp_path):
         assert f"{row}-zero_shot_retrieval" in names
     assert "pretrain-vilbert" in names and "pretrain-single_stream" in names
     assert "pretrain-vilbert_data50" in names
-    assert [t.name for t in plan.tables] == ["results", "ablation_depth", "ablation_data"]
+    assert [t.name for t in plan.tables] == ["results", "ablation_depth", "ablation_data", "ablation_multitask"]
     assert "pretrain-vilbert_scratch" not in names  # the unpretrained row is never pretrained
     assert "vilbert_depth6-vqa" in names and "vilbert_depth2-vqa" not in names  # depth 2 is the main row
+    # the multi-task row: one stage over every task, from the main pretrained model, no zero-shot of its own
+    assert "vilbert_multitask-multitask" in names and "pretrain-vilbert_multitask" not in names
+    assert not [n for n in names if n.startswith("vilbert_multitask-") and n != "vilbert_multitask-multitask"]
+
+
+def test_multitask_row_trains_the_single_task_steps_in_all(tmp_path):
+    """Same pretraining, same total steps: each task's share is its single-task number of steps at
+    its single-task batch size, from the main row's pretrained model."""
+    from vilbert.demo.rows import multitask_rows
+    from vilbert.demo.steps import Steps
+
+    sizes = default_sizes()
+    single, multi = multitask_rows()
+    run = Steps(tmp_path, sizes).multitask_run(multi, seed=1)
+    assert run.train.max_steps == sum(sizes.finetune[t].steps for t in TASKS)
+    assert run.mix.shares == {t: sizes.finetune[t].steps for t in TASKS}
+    assert {t.name: t.batch_size for t in run.tasks} == {t: sizes.finetune[t].batch_size for t in TASKS}
+    assert run.model.directory == Steps(tmp_path, sizes).row_model(single).directory
+    assert run.train.seed == sizes.seed + 1 and run.out == tmp_path / "runs" / "vilbert_multitask" / "all-seed1"
+
+
+def test_report_only_writes_the_multitask_table_and_its_claims(tmp_path):
+    from vilbert.cli.demo import main
+    from vilbert.io.atomic import write_json
+
+    out = tmp_path / "demo"
+    check_settings(out, quick_sizes())
+    write_json(out / "stages" / "vilbert-vqa.json", {"name": "vilbert-vqa", "seconds": 2.0,
+                                                     "result": {"split": "test", "metrics": {"accuracy": 0.42}}})
+    per_task = {"vqa": {"accuracy": 0.5}, "vcr": {"q_a": 0.3, "qa_r": 0.3, "q_ar": 0.1}, "refer": {"accuracy": 0.2},
+                "retrieval": {"ir_r1": 0.1, "ir_r5": 0.3, "ir_r10": 0.5}}
+    write_json(out / "stages" / "vilbert_multitask-multitask.json",
+               {"name": "vilbert_multitask-multitask", "seconds": 5.0, "result": {"split": "test", "metrics": per_task}})
+    assert main(["--quick", "--out", str(out), "--report-only", "--ablations"]) == 0
+    data = json.loads((out / "ablation_multitask.json").read_text())
+    assert data["rows"] == ["ViLBERT, single-task (4 models)", "ViLBERT, multi-task (1 model)"]
+    assert data["values"]["ViLBERT, multi-task (1 model)"]["VCR Q->AR"] == 10.0
+    assert data["values"]["ViLBERT, single-task (4 models)"]["VQA"] == 42.0
+    vqa = next(c for c in data["claims"] if c["claim"] == "multi-task beats single-task: VQA")
+    assert vqa["held"] is True
+    assert next(c for c in data["claims"] if c["claim"].endswith("RefCOCO+"))["detail"] == "not run"
 
 
 def test_settings_of_an_existing_demo_are_not_mixed(tmp_path):

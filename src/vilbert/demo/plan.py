@@ -8,7 +8,9 @@
 
 The ablations (`--ablations`) reuse the world and features: the depth of co-attention (2, 4, 6
 layers; pretrained and fine-tuned like the main ViLBERT row) and the share of pretraining data
-(0, 25, 50, 100%; the same number of pretraining steps over a smaller nested share of pairs).
+(0, 25, 50, 100%; the same number of pretraining steps over a smaller nested share of pairs) and
+multi-task fine-tuning (one model on the four tasks at once with the four fine-tunes' steps in all,
+against the four single-task fine-tunes of the same pretrained model).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilbert.demo.rows import MAIN_ROWS, ModelSpec, Row, data_rows, depth_rows
+from vilbert.demo.rows import MAIN_ROWS, ModelSpec, Row, data_rows, depth_rows, multitask_rows
 from vilbert.demo.sizes import TASKS, DemoSizes
 from vilbert.demo.stages import Stage
 from vilbert.demo.steps import ZERO_SHOT, Steps
 from vilbert.model import load_preset
 
-WORLD, FEATURES, PRETRAIN = "world", "features", "pretrain"
+WORLD, FEATURES, PRETRAIN, MULTITASK = "world", "features", "pretrain", "multitask"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class StageKey:
 class Table:
     """A results table: its rows and where it is written."""
 
-    name: str  # file stem under OUT: results, ablation_depth, ablation_data
+    name: str  # file stem under OUT: results, ablation_depth, ablation_data, ablation_multitask
     title: str
     rows: list[Row]
 
@@ -76,6 +78,8 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
                             depth_rows(depths, layers, main_depth)))
         tables.append(Table("ablation_data", "Share of pretraining data (cf. the paper's Table 3)",
                             data_rows((0, 25, 50, 100))))
+        tables.append(Table("ablation_multitask", "Multi-task fine-tuning, same total steps (cf. 12-in-1)",
+                            multitask_rows()))
     rows: dict[str, Row] = {}
     for table in tables:
         for row in table.rows:
@@ -97,6 +101,14 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
             f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, {spec.data_fraction:.0%} of the pairs)")
     # ViLBERT's rows first, so that an interrupted run already holds the most telling numbers.
     for row in sorted(rows.values(), key=lambda r: r.key != "vilbert"):
+        if row.multitask:
+            steps_all = sum(s.finetune[t].steps for t in TASKS)
+            cost = sum(10 + s.finetune[t].steps * s.finetune[t].batch_size * s.seconds_per_finetune_row
+                       * (4 if t in ("vcr", "retrieval") else 1) for t in TASKS)
+            for seed in range(s.seeds):
+                add(StageKey(MULTITASK, row.key, seed), lambda row=row, seed=seed: do.multitask(do.multitask_run(row, seed)),
+                    cost, f"fine-tune {', '.join(TASKS)} together and evaluate ({steps_all} steps, seed {s.seed + seed})")
+            continue  # its zero-shot retrieval is its pretrained model's, already a row
         for seed in range(s.seeds):
             for task in TASKS:
                 ft = s.finetune[task]

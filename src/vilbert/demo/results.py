@@ -142,6 +142,14 @@ def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single
     return claims
 
 
+def multitask_claims(table: ResultsTable, multi: str, single: str) -> list[Claim]:
+    """12-in-1's claim, that one multi-task model beats the single-task fine-tunes, per task."""
+    v, sd = table.values, table.spread
+    return [_compare(f"multi-task beats single-task: {column}", v[multi].get(column), v[single].get(column),
+                     "multi-task", "single-task", table.prior.get(column), _noise(sd, multi, single, column))
+            for column in CLAIM_COLUMNS]
+
+
 def _noise(spread: dict[str, dict[str, float | None]], a: str, b: str, column: str) -> float | None:
     """The spread of a difference of single runs of rows a and b: sqrt(s_a^2 + s_b^2), or None
     when either row ran one seed."""

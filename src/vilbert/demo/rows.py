@@ -1,6 +1,7 @@
 """The demo's experiment rows: which models are pretrained, and which rows each table compares.
 
-Every row is one model fine-tuned on every task; only the model differs between rows.
+Every row is one model fine-tuned on every task; only the model differs between rows, except in
+the multi-task table, where one row fine-tunes one model on all the tasks at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Row:
     label: str  # as printed in the table
     model: ModelSpec
     pretrained: bool
+    multitask: bool = False  # one fine-tune over every task together (12-in-1), not one per task
 
 
 def coattention_depth(depth: int, text_layers: int) -> dict[str, Any]:
@@ -74,3 +76,10 @@ def data_rows(shares: tuple[int, ...]) -> list[Row]:
             spec = ModelSpec(f"vilbert_data{share}", data_fraction=share / 100)
             rows.append(Row(spec.name, f"ViLBERT, {share}% pretraining data", spec, True))
     return rows
+
+
+def multitask_rows() -> list[Row]:
+    """Single-task fine-tunes (the main row) against one multi-task fine-tune of the same
+    pretrained model with the same total number of steps (12-in-1's comparison)."""
+    return [Row("vilbert", "ViLBERT, single-task (4 models)", VILBERT, True),
+            Row("vilbert_multitask", "ViLBERT, multi-task (1 model)", VILBERT, True, multitask=True)]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vilbert.data.readers.vqa import read_vqa, vqa_paths
-from vilbert.demo.plan import PRETRAIN, WORLD, DemoPlan, StageKey, build_plan
-from vilbert.demo.results import ResultsTable, check_claims, make_table, write_results
+from vilbert.demo.plan import MULTITASK, PRETRAIN, WORLD, DemoPlan, StageKey, build_plan
+from vilbert.demo.results import ResultsTable, check_claims, make_table, multitask_claims, write_results
 from vilbert.demo.sizes import TASKS, DemoSizes
 from vilbert.demo.stages import StageRunner
 from vilbert.demo.steps import ZERO_SHOT, Steps
@@ -73,6 +73,12 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
     metrics: dict[str, dict[str, list[dict[str, float]]]] = {}
     for table in plan.tables:
         for row in table.rows:
+            if row.multitask:  # one stage per seed holds every task's metrics
+                found = [results.get(StageKey(MULTITASK, row.key, seed).name) for seed in range(plan.sizes.seeds)]
+                for task in TASKS:
+                    if any(found):
+                        metrics.setdefault(row.key, {})[task] = [r["metrics"][task] for r in found if r]
+                continue
             for task in (*TASKS, ZERO_SHOT):
                 seeds = range(plan.sizes.seeds) if task in TASKS else range(1)  # zero-shot has no seed
                 found = [results.get(StageKey(task, row.key, seed).name) for seed in seeds]
@@ -109,7 +115,7 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     for table_plan in plan.tables:
         rows = [(r.key, r.label) for r in table_plan.rows]
         table = make_table(table_plan.title, rows, metrics, notes, retrieval_images, prior)
-        claims = _claims(table) if table_plan.name == "results" else None
+        claims = _claims(table, table_plan.name)
         text = write_results(table, plan.out, table_plan.name, claims,
                              {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining})
         print("\n" + text, file=stream)
@@ -129,6 +135,10 @@ def vqa_prior(plan: DemoPlan) -> dict[str, float]:
     return {"VQA": answer_prior_accuracy(train, test)}
 
 
-def _claims(table: ResultsTable):
+def _claims(table: ResultsTable, name: str):
     labels = dict(zip(table.keys, table.rows))
-    return check_claims(table, labels["vilbert"], labels["vilbert_scratch"], labels["single_stream"])
+    if name == "results":
+        return check_claims(table, labels["vilbert"], labels["vilbert_scratch"], labels["single_stream"])
+    if name == "ablation_multitask":
+        return multitask_claims(table, labels["vilbert_multitask"], labels["vilbert"])
+    return None

@@ -1,7 +1,8 @@
 """The demo's stages, each a thin call of one pipeline with the demo's sizes.
 
 Layout under OUT: world/, features.lmdb, runs/pretrain/<model>/ (a pretraining run, its model in
-model/), runs/<row>/<task>/ (a fine-tuning run: model/, metrics.json, logs and curves).
+model/), runs/<row>/<task>/ (a fine-tuning run: model/, metrics.json, logs and curves),
+runs/<row>/all/ (a multi-task row's one run over every task).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vilbert.demo.rows import ModelSpec, Row
-from vilbert.demo.sizes import DemoSizes
+from vilbert.demo.sizes import POOLERS, TASKS, DemoSizes
 from vilbert.features.extract import ExtractConfig
 from vilbert.io.atomic import write_json
 from vilbert.pipelines import (
@@ -20,13 +21,19 @@ from vilbert.pipelines import (
     FeaturesRun,
     FinetuneRun,
     ModelSource,
+    MultitaskRun,
     PretrainRun,
+    TaskSpec,
     evaluate,
     extract,
     finetune,
+    multitask,
     pretrain,
     train_config_for,
 )
+from vilbert.pipelines.settings import multitask_train_config
+from vilbert.tasks.mixing import TaskMix
+from vilbert.tasks.multitask import metrics_by_task
 from vilbert.world import generate_world
 
 ZERO_SHOT = "zero_shot_retrieval"
@@ -57,6 +64,9 @@ class Steps:
 
     def run_dir(self, row: Row, task: str, seed: int = 0) -> Path:
         return self.out / "runs" / row.key / (task if seed == 0 else f"{task}-seed{seed}")
+
+    def multitask_dir(self, row: Row, seed: int = 0) -> Path:
+        return self.out / "runs" / row.key / ("all" if seed == 0 else f"all-seed{seed}")
 
     def template(self, spec: ModelSpec) -> ModelSource:
         """A model of the demo's preset with the spec's overrides, text stream from MiniLM."""
@@ -131,3 +141,32 @@ class Steps:
                           log=_log)
         write_json(self.run_dir(row, ZERO_SHOT) / "metrics.json", result)
         return {"split": s.eval_split, "metrics": result["metrics"]}
+
+    def multitask_run(self, row: Row, seed: int = 0, out: Path | None = None, sampler: str = "shares",
+                      task_tokens: bool = False, reinit_poolers: bool = False, val_every: int = 0) -> MultitaskRun:
+        """One model fine-tuned on every task at once, for as many steps as the single-task
+        fine-tunes together: each step one task's batch at that task's single-task batch size, the
+        text stream at the same scale, each task's loss weighted by its rate over the smallest (as
+        12-in-1's loss_scale). `sampler` "shares": each task gets its single-task number of steps,
+        interleaved; "round_robin": 12-in-1's cycle, the same number for every task."""
+        s = self.sizes
+        base = min(s.finetune[t].lr for t in TASKS)
+        specs = tuple(TaskSpec(t, batch_size=s.finetune[t].batch_size, loss_weight=s.finetune[t].lr / base,
+                               options=self.task_options(t)) for t in TASKS)
+        mix = TaskMix("shares", shares={t: s.finetune[t].steps for t in TASKS}) if sampler == "shares" else TaskMix(sampler)
+        total = sum(s.finetune[t].steps for t in TASKS)
+        return MultitaskRun(
+            tasks=specs, data=self.world, out=out or self.multitask_dir(row, seed), model=self.row_model(row),
+            features=self.features, mix=mix, task_tokens=task_tokens, reinit=POOLERS if reinit_poolers else (),
+            text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
+            train=multitask_train_config(TASKS, lr=base, max_steps=total, seed=s.seed + seed,
+                                         eval_every=val_every or None),
+            eval_splits=("val", s.eval_split) if val_every else (s.eval_split,), keep_checkpoints=False, resume=True,
+        )
+
+    def multitask(self, run: MultitaskRun) -> dict[str, Any]:
+        """Train and evaluate a multi-task run; its metrics on the evaluation split per task."""
+        result = multitask(run, log=_log)
+        split = self.sizes.eval_split
+        return {"split": split, "metrics": metrics_by_task(result.metrics[split], TASKS),
+                "steps_per_task": result.metrics["steps_per_task"]}
