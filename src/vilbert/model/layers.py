@@ -36,10 +36,11 @@ def key_mask(mask: Tensor) -> Tensor | None:
     """[B, S] 1/0 (or bool) -> bool [B, 1, 1, S] for `attend`, or None when nothing is padded.
 
     The "nothing padded" test reads the mask's values, which on an accelerator would stall the
-    host once per forward; there the mask is kept (the kernels take it at no real cost).
+    host once per forward; there the mask is kept (the kernels take it at no real cost). Under
+    torch.compile it is kept too: a branch on a value breaks the graph in every layer.
     """
     mask = mask.bool()
-    if mask.device.type == "cpu" and bool(mask.all()):
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
         return None  # lets SDPA pick its fastest kernel
     return mask[:, None, None, :]
 

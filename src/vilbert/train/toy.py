@@ -76,6 +76,9 @@ class ToyTask(Task):
             raise KeyError(f"toy task has no split {split!r}; splits: {sorted(self.data)}")
         return self.data[split]
 
+    def lengths(self, split: str) -> list[int]:
+        return self.dataset(split).lengths.tolist()
+
     def collate(self, examples: Sequence[dict[str, Any]]) -> Batch:
         T = max(len(e["ids"]) for e in examples)
         R = max(len(e["features"]) for e in examples)
