@@ -270,16 +270,18 @@ def test_length_buckets_cover_each_epoch_and_pad_less():
 
 
 def test_bucketed_training_resumes_exactly_and_refuses_tasks_without_lengths(tmp_path):
-    class LengthToy(ToyTask):
+    class NoLengths(ToyTask):
         def lengths(self, split):
-            return [len(self.dataset(split)[i]["ids"]) for i in range(len(self.dataset(split)))]
+            return None  # the Task default: no single text length per example
 
+    toy = ToyTask(size=40)
+    assert toy.lengths("train") == [len(toy.dataset("train")[i]["ids"]) for i in range(40)]
     config = _config(max_steps=6, save_every=2, bucket_by_length=True)
-    train(_model(), LengthToy(size=40), config, tmp_path / "ref")
-    train(_model(), LengthToy(size=40), _config(max_steps=6, save_every=2, bucket_by_length=True, stop_after=4),
+    train(_model(), ToyTask(size=40), config, tmp_path / "ref")
+    train(_model(), ToyTask(size=40), _config(max_steps=6, save_every=2, bucket_by_length=True, stop_after=4),
           tmp_path / "cut")
-    train(_model(), LengthToy(size=40), config, tmp_path / "cut", resume=True)
+    train(_model(), ToyTask(size=40), config, tmp_path / "cut", resume=True)
     a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="gives no text lengths"):
-        train(_model(), ToyTask(size=16), _config(bucket_by_length=True), tmp_path / "plain")
+        train(_model(), NoLengths(size=16), _config(bucket_by_length=True), tmp_path / "plain")
