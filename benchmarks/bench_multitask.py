@@ -44,7 +44,7 @@ import torch
 from vilbert.demo.results import COLUMNS
 from vilbert.demo.rows import MAIN_ROWS
 from vilbert.demo.sizes import TASKS, default_sizes
-from vilbert.demo.steps import Steps
+from vilbert.demo.steps import Steps, link_demo_parts
 from vilbert.pipelines import MultitaskRun
 from vilbert.tasks.multitask import metrics_by_task
 
@@ -57,18 +57,9 @@ TABLE = [c for c in COLUMNS if c[1] in TASKS]
 
 def link_demo(demo: Path, out: Path) -> None:
     """OUT/world, OUT/features.lmdb and OUT/runs/pretrain/vilbert point into the finished demo."""
-    for name in LINKED:
-        source, target = demo / name, out / name
-        if not source.exists():
-            raise FileNotFoundError(f"{source} is missing: --demo must be a finished `vilbert demo` folder")
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source.resolve())
-    for name in SEED0_RUNS:  # finished runs are only read (a rerun of a finished run reuses it)
-        source, target = demo / name, out / name
-        if finished(source) and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source.resolve())
+    link_demo_parts(demo, out, LINKED)
+    # finished runs are only read (a rerun of a finished run reuses it)
+    link_demo_parts(demo, out, [name for name in SEED0_RUNS if finished(demo / name)])
 
 
 def finished(path: Path) -> dict[str, Any] | None:

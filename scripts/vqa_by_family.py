@@ -32,7 +32,7 @@ import torch
 
 from vilbert.demo.rows import MAIN_ROWS
 from vilbert.demo.sizes import default_sizes
-from vilbert.demo.steps import EXTRACT_BATCH, Steps
+from vilbert.demo.steps import EXTRACT_BATCH, Steps, link_demo_parts
 from vilbert.features.extract import ExtractConfig
 from vilbert.io.atomic import write_json
 from vilbert.model import load_pretrained
@@ -56,14 +56,7 @@ def families(world: Path) -> dict[int, str]:
 
 
 def link(demo: Path, out: Path, features: bool) -> None:
-    names = ["world", "runs/pretrain/vilbert"] + (["features.lmdb"] if features else [])
-    for name in names:
-        source, target = demo / name, out / name
-        if not source.exists():
-            raise FileNotFoundError(f"{source} is missing: --demo must be a finished `vilbert demo` folder")
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source.resolve())
+    link_demo_parts(demo, out, ["world", "runs/pretrain/vilbert"] + (["features.lmdb"] if features else []))
 
 
 def true_boxes_file(world: Path, path: Path) -> Path:
@@ -134,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.colour:  # its own features and pretraining (the model's input width changes)
         arms["colour features"] = out / "colour"
         colour = Steps(arms["colour features"], replace(sizes, colour_features=True))
-        (colour.out / "world").parent.mkdir(parents=True, exist_ok=True)
-        if not (colour.out / "world").exists():
-            (colour.out / "world").symlink_to((demo / "world").resolve())
+        link_demo_parts(demo, colour.out, ["world"])
         colour.extract_features()  # skips the images it holds
         if not (colour.pretrain_dir(VILBERT.model) / "model").is_dir():
             colour.pretrain(VILBERT.model)

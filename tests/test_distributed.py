@@ -44,24 +44,9 @@ def _run_here(out, config: dict) -> dict:
     return {"step": result.step, "loss": result.loss}
 
 
-@pytest.mark.distributed
-def test_two_processes_match_one(tmp_path):
-    one = _run_here(tmp_path / "one", CONFIG)  # one plain process, no process group
-    two = _run(2, tmp_path / "two", CONFIG)
-    assert one["step"] == two["step"] == 5
-    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
-    a = load_file(str(latest_checkpoint(tmp_path / "one") / "model.safetensors"))
-    b = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), (key, (a[key] - b[key]).abs().max())
-    # each rank saved its RNG state
-    assert (latest_checkpoint(tmp_path / "two") / "rng_rank1.pt").is_file()
-
-
-@pytest.mark.distributed
-def test_length_buckets_two_processes_match_one(tmp_path):
-    """Bucketed batches (planned per (seed, epoch), then cut across ranks) give one process's weights."""
-    config = {**CONFIG, "bucket_by_length": True}
+def _one_and_two_processes(tmp_path, config: dict) -> dict:
+    """Train with one plain process (no process group) and with 2 torchrun processes; assert they
+    end equal; returns the one process's summary."""
     one = _run_here(tmp_path / "one", config)
     two = _run(2, tmp_path / "two", config)
     assert one["step"] == two["step"] == 5
@@ -70,5 +55,19 @@ def test_length_buckets_two_processes_match_one(tmp_path):
     b = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), (key, (a[key] - b[key]).abs().max())
+    return one
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one(tmp_path):
+    _one_and_two_processes(tmp_path, CONFIG)
+    # each rank saved its RNG state
+    assert (latest_checkpoint(tmp_path / "two") / "rng_rank1.pt").is_file()
+
+
+@pytest.mark.distributed
+def test_length_buckets_two_processes_match_one(tmp_path):
+    """Bucketed batches (planned per (seed, epoch), then cut across ranks) give one process's weights."""
+    one = _one_and_two_processes(tmp_path, {**CONFIG, "bucket_by_length": True})
     plain = _run_here(tmp_path / "plain", CONFIG)
     assert plain["loss"] != pytest.approx(one["loss"], abs=1e-6)  # the buckets did change the batches

@@ -44,6 +44,18 @@ def _log(message: str) -> None:
     print(message, flush=True)  # into the stage's log
 
 
+def link_demo_parts(demo: Path, out: Path, names: tuple[str, ...] | list[str]) -> None:
+    """OUT/<name> points to DEMO/<name> for each name (a finished demo's world, features or runs,
+    read by experiments beside it and never written)."""
+    for name in names:
+        source, target = Path(demo) / name, Path(out) / name
+        if not source.exists():
+            raise FileNotFoundError(f"{source} is missing: --demo must be a finished `vilbert demo` folder")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve())
+
+
 @dataclass(frozen=True)
 class Steps:
     """The stage bodies for one demo folder `out` and its sizes."""
