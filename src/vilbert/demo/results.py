@@ -171,7 +171,7 @@ def _compare(text: str, a: float | None, b: float | None, name_a: str, name_b: s
     return Claim(text, a > b, detail)
 
 
-def claims_text(claims: list[Claim]) -> str:
+def claims_text(claims: list[Claim], source: str = "the paper") -> str:
     def mark(c: Claim) -> str:
         if not c.decided:
             return "undecided: within the spread"
@@ -182,7 +182,7 @@ def claims_text(claims: list[Claim]) -> str:
     seeds = any("spread" in c.detail for c in claims)
     rule = ("a claim holds when its margin exceeds sqrt(s_a^2 + s_b^2), the spread of a difference of two "
             "single runs" if seeds else "one seed per fine-tune: decided by the sign of the margin")
-    lines = [f"Claims of the paper on this run ({held}/{len(claims)} held"
+    lines = [f"Claims of {source} on this run ({held}/{len(claims)} held"
              + (f", {undecided} undecided" if undecided else "") + f"; {rule}):"]
     lines += [f"- [{mark(c)}] {c.text} ({c.detail})" for c in claims]
     return "\n".join(lines) + "\n"
@@ -217,12 +217,12 @@ def plot_table(table: ResultsTable, path: str | Path) -> Path:
 
 
 def write_results(table: ResultsTable, out_dir: str | Path, stem: str, claims: list[Claim] | None = None,
-                  extra: dict[str, Any] | None = None) -> str:
+                  extra: dict[str, Any] | None = None, claims_source: str = "the paper") -> str:
     """OUT/<stem>.md, .json and .png; returns the Markdown (with the claims, when given)."""
     out = Path(out_dir)
     text = to_markdown(table)
     if claims is not None:
-        text += "\n" + claims_text(claims)
+        text += "\n" + claims_text(claims, claims_source)
     with atomic_path(out / f"{stem}.md") as tmp:
         tmp.write_text(text)
     data = table.to_dict()

@@ -114,14 +114,24 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     written: dict[str, Any] = {}
     for table_plan in plan.tables:
         rows = [(r.key, r.label) for r in table_plan.rows]
-        table = make_table(table_plan.title, rows, metrics, notes, retrieval_images, prior)
+        table_notes = notes + (multitask_notes(plan.sizes) if table_plan.name == "ablation_multitask" else [])
+        table = make_table(table_plan.title, rows, metrics, table_notes, retrieval_images, prior)
         claims = _claims(table, table_plan.name)
         text = write_results(table, plan.out, table_plan.name, claims,
-                             {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining})
+                             {"sizes": plan.sizes.to_dict(), "pretraining_val": pretraining},
+                             "12-in-1" if table_plan.name == "ablation_multitask" else "the paper")
         print("\n" + text, file=stream)
         print(f"wrote {plan.out / table_plan.name}.md, .json, .png", file=stream)
         written[table_plan.name] = {"table": table, "text": text}
     return written
+
+
+def multitask_notes(sizes: DemoSizes) -> list[str]:
+    steps = {t: sizes.finetune[t].steps for t in TASKS}
+    shares = ", ".join(f"{t} {n}" for t, n in steps.items())
+    return [(f"the multi-task row trains one model {sum(steps.values())} steps, each a batch of one task ({shares}, "
+             "interleaved; each task's single-task batch size), its poolers as pretrained; it has no zero-shot "
+             "row of its own (its pretrained model is the one above)")]
 
 
 def vqa_prior(plan: DemoPlan) -> dict[str, float]:
