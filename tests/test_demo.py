@@ -13,7 +13,7 @@ import pytest
 from vilbert.demo.plan import build_plan
 from vilbert.demo.results import COLUMNS, check_claims, make_table, write_results
 from vilbert.demo.run import check_settings
-from vilbert.demo.sizes import TASKS, default_sizes, quick_sizes
+from vilbert.demo.sizes import TASKS, default_sizes, quick_sizes, with_overrides
 from vilbert.demo.stages import Stage, StageError, StageRunner
 
 
@@ -312,3 +312,31 @@ def test_the_plan_runs_each_fine_tune_at_every_seed(tmp_path):
     names = [s.name for s in build_plan(tmp_path, sizes).stages]
     assert {"vilbert-vqa", "vilbert-vqa-seed1", "vilbert-vqa-seed2", "single_stream-refer-seed2"} <= set(names)
     assert "vilbert-zero_shot_retrieval-seed1" not in names  # evaluation only: nothing to reseed
+
+
+def test_finetune_steps_change_every_row_of_one_task_and_are_kept_with_the_demo(tmp_path):
+    from vilbert.cli.demo import main
+    from vilbert.demo.run import SETTINGS_FILE
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out), "--report-only", "--finetune-steps", "vqa=25"]) == 0
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    quick = quick_sizes()
+    assert settings["finetune"]["vqa"]["steps"] == 25 != quick.finetune["vqa"].steps
+    assert all(settings["finetune"][t]["steps"] == quick.finetune[t].steps for t in TASKS if t != "vqa")
+    longer = build_plan(out, with_overrides(quick, finetune_steps={"vqa": 25}))
+    plain = build_plan(tmp_path / "plain", quick)
+    vqa = [k for k in plain.steps if k.name.endswith("-vqa")]
+    assert vqa and all(longer.steps[k].estimate_s > plain.steps[k].estimate_s for k in vqa)
+    assert all(longer.steps[k].estimate_s == plain.steps[k].estimate_s for k in plain.steps if k not in vqa)
+    # the same folder with the default steps is another demo: refused, not mixed
+    assert main(["--quick", "--out", str(out), "--report-only"]) != 0
+
+
+@pytest.mark.parametrize("value, message", [("vqx=5", "unknown task"), ("vqa=0", ">= 1")])
+def test_finetune_steps_name_what_is_wrong(tmp_path, capsys, value, message):
+    from vilbert.cli.demo import main
+
+    assert main(["--quick", "--out", str(tmp_path / "d"), "--report-only", "--finetune-steps", value]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything was written

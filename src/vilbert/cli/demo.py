@@ -1,7 +1,7 @@
 """`vilbert demo`: generate the world, extract its features, pretrain, fine-tune every task,
 evaluate, and print a results table shaped like the paper's Table 1.
 
-    vilbert demo [--out vilbert-demo] [--quick] [--ablations]
+    vilbert demo [--out vilbert-demo] [--quick] [--ablations] [--seeds N] [--finetune-steps vqa=960]
 
 Everything goes under --out (world/, features.lmdb, runs/, logs/, results.md/.json/.png). A rerun
 reuses every finished stage and resumes an interrupted one.
@@ -19,6 +19,13 @@ from vilbert.demo.sizes import with_overrides
 PROG = "vilbert demo"
 
 
+def _task_steps(text: str) -> tuple[str, int]:
+    task, sep, steps = text.partition("=")
+    if not sep or not steps.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected TASK=N (e.g. vqa=960), got {text!r}")
+    return task.strip(), int(steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="vilbert-demo", help="output folder (default %(default)s)")
@@ -27,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the co-attention depth (2/4/6 layers) and pretraining-data (0/25/50/100%%) tables")
     p.add_argument("--images", type=int, default=None, help="world size (overrides the default sizes)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (overrides the default sizes)")
+    p.add_argument("--finetune-steps", action="append", type=_task_steps, default=[], metavar="TASK=N",
+                   help="fine-tune TASK (vqa, vcr, refer, retrieval) for N steps in every row (repeatable); "
+                        "vqa=960 lifts the world's VQA above 60%% for about 20 minutes more")
     p.add_argument("--seeds", type=int, default=None,
                    help="fine-tune every row and task at this many seeds; the claims are decided against their spread")
     p.add_argument("--report-only", action="store_true",
@@ -38,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     sizes = quick_sizes() if args.quick else default_sizes()
-    sizes = with_overrides(sizes, images=args.images, pretrain_steps=args.pretrain_steps, seeds=args.seeds)
+    try:
+        sizes = with_overrides(sizes, finetune_steps=dict(args.finetune_steps), images=args.images,
+                               pretrain_steps=args.pretrain_steps, seeds=args.seeds)
+    except ValueError as err:
+        raise JobFailed(str(err)) from err
     try:
         run_demo(args.out, sizes, ablations=args.ablations, heartbeat_s=args.heartbeat, report_only=args.report_only)
     except StageError as err:

@@ -91,6 +91,17 @@ def quick_sizes() -> DemoSizes:
     )
 
 
-def with_overrides(sizes: DemoSizes, **overrides: Any) -> DemoSizes:
-    """`sizes` with the given fields replaced (None keeps a field)."""
-    return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+def with_overrides(sizes: DemoSizes, finetune_steps: dict[str, int] | None = None, **overrides: Any) -> DemoSizes:
+    """`sizes` with the given fields replaced (None keeps a field) and, per task named in
+    `finetune_steps`, that many fine-tuning steps (every row alike)."""
+    sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    if finetune_steps:
+        unknown = sorted(set(finetune_steps) - set(sizes.finetune))
+        if unknown:
+            raise ValueError(f"fine-tuning steps for unknown task(s) {unknown}: the demo fine-tunes {list(sizes.finetune)}")
+        bad = {t: n for t, n in finetune_steps.items() if not isinstance(n, int) or n < 1}
+        if bad:
+            raise ValueError(f"fine-tuning steps must be whole numbers >= 1, got {bad}")
+        finetune = {t: replace(ft, steps=finetune_steps.get(t, ft.steps)) for t, ft in sizes.finetune.items()}
+        sizes = replace(sizes, finetune=finetune)
+    return sizes
