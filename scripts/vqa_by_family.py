@@ -14,6 +14,9 @@ If a family rises with steps, the demo's budget holds it back; if it rises only 
 the proposals (duplicates of one object under several boxes) hold it back; if it rises only with
 the colour dims, the features do.
 
+The last column scores each fine-tune on the same questions asked of the next test image's
+regions: at the floor, the model reads the image; above it, the text alone answers.
+
 `--probes` adds where colour is lost: linear probes (trained on the train split's attribute
 questions, scored on the test split's) for the asked object's colour and shape, read from its
 input region features, from the model's visual output at that region, from the text [CLS] output
@@ -110,9 +113,16 @@ def by_family(steps: Steps, model_dir: Path, family_of: dict[int, str]) -> dict[
     model = load_pretrained(model_dir).eval()
     split = steps.sizes.eval_split
     examples = task.examples(split)
+    # The same questions on the next test image's regions: a model that reads the image falls to
+    # the floor there, one that answers from the question's text keeps its score.
+    images = sorted({e.image_id for e in examples})
+    following = dict(zip(images, images[1:] + images[:1]))
+    elsewhere = [replace(e, image_id=following[e.image_id]) for e in examples]
     with torch.no_grad():
         predicted = task.predict(model, examples)
-    out = {"all": vqa_accuracy(predicted, [e.scores for e in examples])}
+        predicted_elsewhere = task.predict(model, elsewhere)
+    out = {"all": vqa_accuracy(predicted, [e.scores for e in examples]),
+           "another image": vqa_accuracy(predicted_elsewhere, [e.scores for e in examples])}
     for family in FAMILIES:
         rows = [(p, e.scores) for p, e in zip(predicted, examples) if family_of[e.question_id] == family]
         out[family] = vqa_accuracy([p for p, _ in rows], [s for _, s in rows])
@@ -132,6 +142,7 @@ def priors(steps: Steps, family_of: dict[int, str]) -> dict[str, float]:
     for family in FAMILIES:
         rows = [e for e in test if family_of[e.question_id] == family]
         out[family] = vqa_accuracy([best.get((family, e.question_type), "") for e in rows], [e.scores for e in rows])
+    out["another image"] = out["all"]  # the prior does not look at the image
     out["questions"] = {f: sum(family_of[e.question_id] == f for e in test) for f in FAMILIES}
     return out
 
@@ -293,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     probed[f"{name}, {n} steps"] = probes(steps, model_dir, demo / "world")
                 print(f"{name}, {n} steps, seed {seed}: " + "  ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()),
                       flush=True)
-    columns = ("all", *FAMILIES)
+    columns = ("all", *FAMILIES, "another image")
     print(f"\nVQA accuracy on the test split by question family (mean over seeds {args.seeds})\n")
     print("| fine-tune | " + " | ".join(columns) + " |")
     print("| --- |" + " ---: |" * len(columns))
