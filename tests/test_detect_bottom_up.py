@@ -139,8 +139,12 @@ def test_network_stages_match_reference(model, config, reference, images):
         proposals = model.proposal_generator(res4, batch.sizes)
         raw = model(batch.tensor, batch.sizes)
     assert [len(p) for p in proposals] == [len(p) for p in ref["proposals"]]
+    # The RPN's boxes come from res4, which may differ by 1e-4 of its range (checked above), so they
+    # may differ by 1e-4 of the image's side (0.012 px was seen at 2 threads, 1 run in 3); a
+    # different decision still moves a box by pixels.
+    side = max(batch.tensor.shape[-2:])
     for ours, theirs in zip(proposals, ref["proposals"]):
-        torch.testing.assert_close(ours, theirs, **BOX_TOL)  # same boxes in the same (objectness) order
+        torch.testing.assert_close(ours, theirs, atol=1e-4 * side, rtol=0)  # same boxes in the same (objectness) order
     torch.testing.assert_close(raw.features, ref["feature_pooled"], **FEATURE_TOL)
     for name in ("obj_logits", "attr_logits", "box_deltas"):
         torch.testing.assert_close(getattr(raw, name), ref[name], atol=1e-4, rtol=0)
