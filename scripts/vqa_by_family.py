@@ -38,11 +38,13 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vilbert.demo.rows import MAIN_ROWS
 from vilbert.demo.sizes import default_sizes
 from vilbert.demo.steps import EXTRACT_BATCH, Steps, link_demo_parts
+from vilbert.features.boxes import box_iou
 from vilbert.features.extract import ExtractConfig
 from vilbert.io.atomic import write_json
 from vilbert.model import load_pretrained
@@ -179,13 +181,8 @@ def _asked_objects(task, split: str, attr: str, scenes, programs) -> list[tuple]
 
 def _best_region(locations: torch.Tensor, scene: Scene, box: list[float]) -> int:
     """The row of `locations` ([R,5] normalised x1 y1 x2 y2 area) that overlaps `box` most."""
-    b = torch.tensor(box) / torch.tensor([scene.width, scene.height, scene.width, scene.height])
-    a = locations[:, :4]
-    w = (torch.minimum(a[:, 2], b[2]) - torch.maximum(a[:, 0], b[0])).clamp(min=0)
-    h = (torch.minimum(a[:, 3], b[3]) - torch.maximum(a[:, 1], b[1])).clamp(min=0)
-    inter = w * h
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return int((inter / union.clamp(min=1e-9)).argmax())
+    scale = np.array([scene.width, scene.height, scene.width, scene.height], dtype=np.float64)
+    return int(box_iou(locations[:, :4].double().numpy(), (np.array(box) / scale)[None])[:, 0].argmax())
 
 
 def _probe_inputs(model, task, rows, attr: str) -> tuple[dict[str, torch.Tensor], list[str]]:
