@@ -29,7 +29,7 @@ def _run(nproc: int, out, config: dict) -> dict:
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "vilbert.train.toy", "--out", str(out), "--size", "21", "--config", json.dumps(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

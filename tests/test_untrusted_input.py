@@ -169,20 +169,44 @@ _TRAINER = (
 )
 
 
+def _checkpoint_step(run: Path) -> int:
+    """The step of the newest complete checkpoint, 0 before the first (or while one is replaced)."""
+    try:
+        found = latest_checkpoint(run)
+    except OSError:
+        return 0
+    return int(found.name.split("_")[1]) if found else 0
+
+
+def _wait_until(condition, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Poll `condition` while `process` runs: kills are timed by what the job has done, not by the
+    wall clock, so a slow machine (a CI start-up of 4 s) still sees every kind of kill."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, "the trainer ended before it was killed"
+        assert time.monotonic() < deadline, f"no progress within {timeout_s} s"
+        time.sleep(0.01)
+
+
 def test_training_killed_at_random_points_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL at seeded random moments (mid-step, mid-checkpoint, at start-up), three times over,
+    """SIGKILL at seeded random moments (at start-up, then twice mid-run: mid-step or mid-checkpoint),
     then finish: the weights equal those of a run never killed."""
     rng = random.Random(2026)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-c", _TRAINER, str(tmp_path / "run"), str(torch.get_num_threads())]
+    run = tmp_path / "run"
+    args = [sys.executable, "-c", _TRAINER, str(run), str(torch.get_num_threads())]
     reached = []
-    for _ in range(3):
+    for kill in range(3):
         process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 4.0))
+        if kill == 0:  # during imports or set-up, before a step or so
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # once this process has saved a step of its own, a random moment later
+            before = _checkpoint_step(run)
+            _wait_until(lambda before=before: _checkpoint_step(run) > before, process)
+            time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        found = latest_checkpoint(tmp_path / "run")
-        reached.append(int(found.name.split("_")[1]) if found else 0)
+        reached.append(_checkpoint_step(run))
     assert any(0 < step < STEPS for step in reached), reached  # at least one kill landed mid-run
     assert subprocess.run(args, env=env, capture_output=True).returncode == 0
     torch.manual_seed(0)
@@ -199,7 +223,8 @@ def test_world_generation_killed_at_a_random_point_resumes_byte_identical(tmp_pa
             "--image-size", "96", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(7).uniform(1.5, 3.0))
+    _wait_until(lambda: any(p.is_file() for p in (tmp_path / "w").rglob("*.png")), process)
+    time.sleep(random.Random(7).uniform(0.0, 0.5))  # mid-way through the images
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert subprocess.run(args, env=env, capture_output=True).returncode == 0
