@@ -119,6 +119,35 @@ def attention_ab(step, steps: int) -> None:
           f"SDPA everywhere {sdpa * 1000:.1f} ms, speed-up {sdpa / lib:.3f}x")
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def breakdown(step, flops: float, peak: float, repeats: int = 3) -> None:
+    """Where a training step's time goes (profiler self times, best of `repeats` profiled steps):
+    the matmuls' share and their own % of peak, which bounds the whole step's: with every other op
+    free the step would run at the matmuls' rate."""
+    best = None
+    for _ in range(repeats):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            step()
+            wall = time.perf_counter() - t
+        ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+        if best is None or wall < best[0]:
+            best = (wall, ops)
+    wall, ops = best
+    total = sum(ops.values())
+    matmul = sum(ops.get(k, 0.0) for k in MATMUL_OPS)
+    rate = flops / matmul / 1e9
+    print(f"breakdown of one profiled training step ({wall * 1000:.0f} ms wall, {total * 1000:.0f} ms of op self time):")
+    print(f"  matmuls ({', '.join(k[6:] for k in MATMUL_OPS)}): {100 * matmul / total:.1f}% of the time, "
+          f"at {rate:.1f} GFLOP/s = {100 * rate / peak:.1f}% of peak: the whole step's ceiling")
+    others = sorted(((v, k) for k, v in ops.items() if k not in MATMUL_OPS), reverse=True)
+    for seconds, name in others[:8]:
+        print(f"  {name:40s} {100 * seconds / total:5.1f}%")
+    print(f"  {'everything else':40s} {100 * sum(v for v, _ in others[8:]) / total:5.1f}%")
+
+
 def count_flops(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -140,6 +169,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--preset", default="base")
     parser.add_argument("--attention-ab", action="store_true", help="also time training attention A/B")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile a training step: the matmuls' share of its time and their own % of peak")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -180,6 +211,9 @@ def main() -> None:
             f"{name:16s} batch {batch:2d}: {t * 1000:7.1f} ms  {batch / t:6.2f} samples/s  "
             f"{flops / 1e9:6.1f} GFLOP  {rate:6.1f} GFLOP/s  {100 * rate / peak:5.1f}% of peak"
         )
+    if args.breakdown:
+        model.train()
+        breakdown(step, train_flops, peak)
 
 
 if __name__ == "__main__":
