@@ -314,6 +314,60 @@ def test_the_plan_runs_each_fine_tune_at_every_seed(tmp_path):
     assert "vilbert-zero_shot_retrieval-seed1" not in names  # evaluation only: nothing to reseed
 
 
+def test_varied_pretraining_gives_each_seed_its_own_pretrained_model(tmp_path):
+    from vilbert.demo.rows import MAIN_ROWS
+    from vilbert.demo.steps import Steps
+
+    sizes = with_overrides(quick_sizes(), seeds=3, vary_pretraining=True)
+    names = [s.name for s in build_plan(tmp_path, sizes).stages]
+    assert {"pretrain-vilbert", "pretrain-vilbert-seed1", "pretrain-vilbert-seed2", "pretrain-single_stream-seed2",
+            "vilbert-zero_shot_retrieval-seed2", "single_stream-zero_shot_retrieval-seed1"} <= set(names)
+    assert "vilbert_scratch-zero_shot_retrieval-seed1" not in names  # nothing pretrained to vary
+    # Every pretraining comes before the fine-tunes that start from it.
+    assert max(names.index(n) for n in names if n.startswith("pretrain-")) < names.index("vilbert-vqa")
+    steps = Steps(tmp_path, sizes)
+    rows = {r.key: r for r in MAIN_ROWS}
+    for seed in range(sizes.seeds):
+        source = steps.row_model(rows["vilbert"], seed)
+        assert source.directory == steps.pretrain_dir(rows["vilbert"].model, seed) / "model"
+        assert steps.multitask_run(rows["vilbert"], seed).model == source
+        assert steps.row_model(rows["vilbert_scratch"], seed).directory is None  # a fresh model, seeded by fine-tuning
+    assert len({steps.pretrain_dir(rows["vilbert"].model, k) for k in range(3)}) == 3
+    plain = Steps(tmp_path, with_overrides(quick_sizes(), seeds=3))  # fine-tune seeds only: one pretraining
+    assert {plain.row_model(rows["vilbert"], k).directory for k in range(3)} == {steps.row_model(rows["vilbert"], 0).directory}
+
+
+def test_varied_pretraining_needs_seeds_and_older_demo_folders_stay_usable(tmp_path, capsys):
+    from vilbert.cli.demo import main
+    from vilbert.demo.run import SETTINGS_FILE
+
+    assert main(["--quick", "--out", str(tmp_path / "d"), "--report-only", "--vary-pretraining"]) != 0
+    assert "needs 2 or more seeds, got 1" in capsys.readouterr().err
+    assert not (tmp_path / "d" / SETTINGS_FILE).exists()  # refused before anything was written
+    # A folder made before the setting existed holds its default: the same demo, not another one.
+    check_settings(tmp_path / "old", quick_sizes())
+    settings = json.loads((tmp_path / "old" / SETTINGS_FILE).read_text())
+    del settings["vary_pretraining"]
+    (tmp_path / "old" / SETTINGS_FILE).write_text(json.dumps(settings))
+    check_settings(tmp_path / "old", quick_sizes())
+    with pytest.raises(FileExistsError, match="differs in: seeds, vary_pretraining"):
+        check_settings(tmp_path / "old", with_overrides(quick_sizes(), seeds=2, vary_pretraining=True))
+
+
+def test_zero_shot_claim_across_pretrainings_is_decided_against_their_spread(tmp_path):
+    def runs(*r1):
+        return [{"ir_r1": v, "ir_r5": 0.5, "ir_r10": 0.7} for v in r1]
+
+    for values, held, decided in (((0.33, 0.34, 0.35), True, True),  # 34 ± 1 against a bar of 30: clear of it
+                                  ((0.20, 0.30, 0.40), None, False),  # 30 ± 10: the bar lies inside
+                                  ((0.10, 0.11, 0.12), False, True)):  # 11 ± 1: clearly below
+        metrics = {"vilbert": {"zero_shot_retrieval": runs(*values)}}
+        table = make_table("T", ROWS, metrics, test_images=10)  # chance R@1 = 10%: the bar is 30%
+        claim = next(c for c in check_claims(table, "ViLBERT", "Scratch", "Single") if c.text.startswith("zero-shot"))
+        assert (claim.held, claim.decided) == (held, decided), (values, claim)
+        assert "spread" in claim.detail
+
+
 def test_finetune_steps_change_every_row_of_one_task_and_are_kept_with_the_demo(tmp_path):
     from vilbert.cli.demo import main
     from vilbert.demo.run import SETTINGS_FILE

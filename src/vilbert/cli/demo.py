@@ -1,7 +1,8 @@
 """`vilbert demo`: generate the world, extract its features, pretrain, fine-tune every task,
 evaluate, and print a results table shaped like the paper's Table 1.
 
-    vilbert demo [--out vilbert-demo] [--quick] [--ablations] [--seeds N] [--finetune-steps vqa=960]
+    vilbert demo [--out vilbert-demo] [--quick] [--ablations] [--seeds N [--vary-pretraining]]
+                 [--finetune-steps vqa=960]
 
 Everything goes under --out (world/, features.lmdb, runs/, logs/, results.md/.json/.png). A rerun
 reuses every finished stage and resumes an interrupted one.
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vqa=960 lifts the world's VQA above 60%% (16.5 minutes more on 2 cores)")
     p.add_argument("--seeds", type=int, default=None,
                    help="fine-tune every row and task at this many seeds; the claims are decided against their spread")
+    p.add_argument("--vary-pretraining", action="store_true",
+                   help="with --seeds N, pretrain at each seed too (seed k of a pretrained row starts from "
+                        "pretraining k): the spread then covers how pretraining fell (N-1 more pretrainings per model)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the tables from the stages finished so far")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> None:
     sizes = quick_sizes() if args.quick else default_sizes()
     try:
         sizes = with_overrides(sizes, finetune_steps=dict(args.finetune_steps), images=args.images,
-                               pretrain_steps=args.pretrain_steps, seeds=args.seeds)
+                               pretrain_steps=args.pretrain_steps, seeds=args.seeds,
+                               vary_pretraining=args.vary_pretraining or None)
     except ValueError as err:
         raise JobFailed(str(err)) from err
     try:

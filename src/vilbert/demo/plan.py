@@ -34,15 +34,16 @@ class StageKey:
 
     step: str
     subject: str = ""
-    seed: int = 0  # the fine-tuning seed's index (0: the demo's seed; k: seed + k)
+    seed: int = 0  # the seed's index (0: the demo's seed; k: seed + k), of fine-tuning or pretraining
 
     @property
     def name(self) -> str:
         if self.step in (WORLD, FEATURES):
             return self.step
+        suffix = f"-seed{self.seed}" if self.seed else ""
         if self.step == PRETRAIN:
-            return f"{PRETRAIN}-{self.subject}"
-        return f"{self.subject}-{self.step}" + (f"-seed{self.seed}" if self.seed else "")
+            return f"{PRETRAIN}-{self.subject}{suffix}"
+        return f"{self.subject}-{self.step}{suffix}"
 
 
 @dataclass
@@ -96,9 +97,11 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
         "region features of the world's proposals (EfficientNet-Lite0 + RoIAlign)")
     pretrained: dict[str, ModelSpec] = {r.model.name: r.model for r in rows.values() if r.pretrained}
     for spec in sorted(pretrained.values(), key=lambda m: m.name != "vilbert"):
-        add(StageKey(PRETRAIN, spec.name), lambda spec=spec: do.pretrain(spec),
-            10 + s.pretrain_steps * s.pretrain_batch * s.seconds_per_pretrain_row,
-            f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, {spec.data_fraction:.0%} of the pairs)")
+        for seed in range(do.pretrain_seeds):
+            add(StageKey(PRETRAIN, spec.name, seed), lambda spec=spec, seed=seed: do.pretrain(spec, seed),
+                10 + s.pretrain_steps * s.pretrain_batch * s.seconds_per_pretrain_row,
+                f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, "
+                f"{spec.data_fraction:.0%} of the pairs, seed {s.seed + seed})")
     # ViLBERT's rows first, so that an interrupted run already holds the most telling numbers.
     for row in sorted(rows.values(), key=lambda r: r.key != "vilbert"):
         if row.multitask:
@@ -116,6 +119,7 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
                 add(StageKey(task, row.key, seed), lambda row=row, task=task, seed=seed: do.finetune(row, task, seed),
                     10 + ft.steps * ft.batch_size * s.seconds_per_finetune_row * rows_per_item,
                     f"fine-tune and evaluate {task} ({ft.steps} steps of {ft.batch_size}, seed {s.seed + seed})")
-        add(StageKey(ZERO_SHOT, row.key), lambda row=row: do.zero_shot(row), 20.0,
-            "zero-shot retrieval (alignment head, no fine-tuning)")
+        for seed in range(do.pretrain_seeds if row.pretrained else 1):  # one per pretrained model
+            add(StageKey(ZERO_SHOT, row.key, seed), lambda row=row, seed=seed: do.zero_shot(row, seed), 20.0,
+                "zero-shot retrieval (alignment head, no fine-tuning)" + (f", pretraining seed {s.seed + seed}" if seed else ""))
     return DemoPlan(out, sizes, tables, steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
     wanted = json.loads(json.dumps(sizes.to_dict()))
     if path.is_file():
         before, now = _results_settings(read_json(path, "the demo's settings")), _results_settings(wanted)
+        # A setting added since that folder was made is at its default there.
+        before = {**{k: v for k, v in _field_defaults().items() if k in now and k not in before}, **before}
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
@@ -35,6 +38,10 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
 
 
 ESTIMATES = "seconds_per_"
+
+
+def _field_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(DemoSizes) if f.default is not dataclasses.MISSING}
 
 
 def _results_settings(sizes: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +86,10 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
                     if any(found):
                         metrics.setdefault(row.key, {})[task] = [r["metrics"][task] for r in found if r]
                 continue
+            zero_shot_seeds = Steps(plan.out, plan.sizes).pretrain_seeds if row.pretrained else 1
             for task in (*TASKS, ZERO_SHOT):
-                seeds = range(plan.sizes.seeds) if task in TASKS else range(1)  # zero-shot has no seed
+                # zero-shot fine-tunes nothing: one per pretrained model
+                seeds = range(plan.sizes.seeds) if task in TASKS else range(zero_shot_seeds)
                 found = [results.get(StageKey(task, row.key, seed).name) for seed in seeds]
                 if any(found):
                     metrics.setdefault(row.key, {})[task] = [r["metrics"] for r in found if r]
@@ -103,13 +112,15 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
                  "every row uses the same settings")
     if plan.sizes.seeds > 1:
         notes.append(f"every fine-tune ran at {plan.sizes.seeds} seeds ({plan.sizes.seed}..{plan.sizes.seed + plan.sizes.seeds - 1}): "
-                     "mean ± sample standard deviation")
+                     "mean ± sample standard deviation"
+                     + ("; each pretrained row's seed k starts from its own pretraining at seed k, so the spread "
+                        "covers how pretraining fell" if plan.sizes.vary_pretraining else ""))
     for task, ft in plan.sizes.finetune.items():
         if ft.reinit:
             notes.append(f"{task} fine-tunes start {' and '.join(ft.reinit)} afresh")
     # Pretraining's last validation numbers (alignment accuracy says whether zero-shot can work).
-    pretraining = {key.subject: (results[key.name] or {}).get("val") for key in plan.steps
-                   if key.step == PRETRAIN and key.name in results}
+    pretraining = {key.subject + (f"-seed{key.seed}" if key.seed else ""): (results[key.name] or {}).get("val")
+                   for key in plan.steps if key.step == PRETRAIN and key.name in results}
     prior = vqa_prior(plan)
     written: dict[str, Any] = {}
     for table_plan in plan.tables:

@@ -66,6 +66,9 @@ class DemoSizes:
     eval_split: str = "test"
     seed: int = 0
     seeds: int = 1  # fine-tunes per row and task, at seed, seed + 1, ...: claims are decided against their spread
+    # With seeds > 1, also pretrain at each seed (seed k of a pretrained row fine-tunes pretraining k):
+    # on two CPUs one pretraining fell two ways and flipped 4 claims, a spread fine-tune seeds miss.
+    vary_pretraining: bool = False
     # Seconds per unit for the time-left display (2 CPU cores, rounded up); not a setting of the run.
     seconds_per_image_world: float = 0.015
     seconds_per_image_features: float = 0.08
@@ -95,6 +98,8 @@ def with_overrides(sizes: DemoSizes, finetune_steps: dict[str, int] | None = Non
     """`sizes` with the given fields replaced (None keeps a field) and, per task named in
     `finetune_steps`, that many fine-tuning steps (every row alike)."""
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    if sizes.vary_pretraining and sizes.seeds < 2:
+        raise ValueError(f"varying the pretraining needs 2 or more seeds, got {sizes.seeds}: one seed has no spread to measure")
     if finetune_steps:
         unknown = sorted(set(finetune_steps) - set(sizes.finetune))
         if unknown:

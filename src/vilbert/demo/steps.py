@@ -71,8 +71,17 @@ class Steps:
     def features(self) -> Path:
         return self.out / "features.lmdb"
 
-    def pretrain_dir(self, spec: ModelSpec) -> Path:
-        return self.out / "runs" / "pretrain" / spec.name
+    @property
+    def pretrain_seeds(self) -> int:
+        """How many pretrainings each pretrained model gets: one, or one per seed."""
+        return self.sizes.seeds if self.sizes.vary_pretraining else 1
+
+    def pretrain_seed(self, row: Row, seed: int) -> int:
+        """The pretraining that seed `seed` of `row` starts from (its index)."""
+        return seed if row.pretrained and self.sizes.vary_pretraining else 0
+
+    def pretrain_dir(self, spec: ModelSpec, seed: int = 0) -> Path:
+        return self.out / "runs" / "pretrain" / (spec.name if seed == 0 else f"{spec.name}-seed{seed}")
 
     def run_dir(self, row: Row, task: str, seed: int = 0) -> Path:
         return self.out / "runs" / row.key / (task if seed == 0 else f"{task}-seed{seed}")
@@ -85,10 +94,10 @@ class Steps:
         return ModelSource(preset=self.sizes.preset, overrides=dict(spec.overrides),
                            text_init="minilm" if self.sizes.text_init else "none")
 
-    def row_model(self, row: Row) -> ModelSource:
-        """The row's starting point: its pretrained model, or a fresh one."""
+    def row_model(self, row: Row, seed: int = 0) -> ModelSource:
+        """Seed `seed`'s starting point for the row: its pretrained model, or a fresh one."""
         if row.pretrained:
-            return ModelSource(directory=self.pretrain_dir(row.model) / "model")
+            return ModelSource(directory=self.pretrain_dir(row.model, self.pretrain_seed(row, seed)) / "model")
         return self.template(row.model)
 
     def task_options(self, task: str) -> dict[str, Any]:
@@ -117,13 +126,15 @@ class Steps:
             raise RuntimeError(f"{report.failed} images failed; see {self.features}/failures.jsonl")
         return {"written": report.written, "skipped": report.skipped}
 
-    def pretrain(self, spec: ModelSpec) -> dict[str, Any]:
+    def pretrain(self, spec: ModelSpec, seed: int = 0) -> dict[str, Any]:
+        """Pretrain at the demo's seed + `seed` (the visual stream's initial weights, the masks and
+        the order of the pairs all follow it)."""
         s = self.sizes
         run = PretrainRun(
-            data=self.world, out=self.pretrain_dir(spec), features=self.features, model=self.template(spec),
+            data=self.world, out=self.pretrain_dir(spec, seed), features=self.features, model=self.template(spec),
             text_lr_scale=s.pretrain_text_lr_scale, alignment_weight=s.alignment_weight, max_regions=s.max_regions,
             train=train_config_for("pretrain", max_steps=s.pretrain_steps, batch_size=s.pretrain_batch,
-                                   lr=s.pretrain_lr, data_fraction=spec.data_fraction, seed=s.seed),
+                                   lr=s.pretrain_lr, data_fraction=spec.data_fraction, seed=s.seed + seed),
             resume=True,
         )
         _log(f"pretrain {json.dumps(run.record())}")
@@ -137,7 +148,7 @@ class Steps:
         examples and the unpretrained row's initial weights all follow it)."""
         s, ft = self.sizes, self.sizes.finetune[task]
         result = finetune(FinetuneRun(
-            task=task, data=self.world, out=self.run_dir(row, task, seed), model=self.row_model(row),
+            task=task, data=self.world, out=self.run_dir(row, task, seed), model=self.row_model(row, seed),
             features=self.features, options=self.task_options(task), reinit=ft.reinit,
             text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
             train=train_config_for(task, lr=ft.lr, max_steps=ft.steps, batch_size=ft.batch_size, seed=s.seed + seed),
@@ -145,13 +156,14 @@ class Steps:
         ), log=_log)
         return {"split": s.eval_split, "metrics": result.metrics[s.eval_split], "model": result.metrics["model"]}
 
-    def zero_shot(self, row: Row) -> dict[str, Any]:
-        """Retrieval scored by the pretrained alignment head, with no fine-tuning."""
+    def zero_shot(self, row: Row, seed: int = 0) -> dict[str, Any]:
+        """Retrieval scored by the pretrained alignment head, with no fine-tuning (of the
+        pretraining at seed + `seed` when pretraining is varied)."""
         s = self.sizes
-        result = evaluate(EvaluateRun(task=ZERO_SHOT, data=self.world, model=self.row_model(row), split=s.eval_split,
+        result = evaluate(EvaluateRun(task=ZERO_SHOT, data=self.world, model=self.row_model(row, seed), split=s.eval_split,
                                       features=self.features, options=self.task_options(ZERO_SHOT), seed=s.seed),
                           log=_log)
-        write_json(self.run_dir(row, ZERO_SHOT) / "metrics.json", result)
+        write_json(self.run_dir(row, ZERO_SHOT, seed) / "metrics.json", result)
         return {"split": s.eval_split, "metrics": result["metrics"]}
 
     def multitask_run(self, row: Row, seed: int = 0, out: Path | None = None, sampler: str = "shares",
@@ -168,7 +180,7 @@ class Steps:
         mix = TaskMix("shares", shares={t: s.finetune[t].steps for t in TASKS}) if sampler == "shares" else TaskMix(sampler)
         total = sum(s.finetune[t].steps for t in TASKS)
         return MultitaskRun(
-            tasks=specs, data=self.world, out=out or self.multitask_dir(row, seed), model=self.row_model(row),
+            tasks=specs, data=self.world, out=out or self.multitask_dir(row, seed), model=self.row_model(row, seed),
             features=self.features, mix=mix, task_tokens=task_tokens, reinit=POOLERS if reinit_poolers else (),
             text_lr_scale=s.finetune_text_lr_scale if s.text_init else 1.0,
             train=multitask_train_config(TASKS, lr=base, max_steps=total, seed=s.seed + seed,
