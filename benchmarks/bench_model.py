@@ -5,7 +5,7 @@ Training step (forward + backward + AdamW) at batch 8 and inference (VQA head) a
 step being timed, and divided by this machine's fp32 matmul peak, measured in the same run and
 interleaved with the model timings (shared machines drift by up to 25% between runs).
 
-    python benchmarks/bench_model.py [--threads 2] [--steps 5] [--preset base]
+    python benchmarks/bench_model.py [--threads 2] [--steps 5] [--preset base] [--attention-ab] [--dropout-ab] [--breakdown]
 
 The original code reached 2.6 samples/s training (~49% of peak) and 10.8 samples/s inference here.
 
