@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vilbert.demo.plan import build_plan
 from vilbert.demo.results import COLUMNS, check_claims, make_table, write_results
@@ -246,6 +247,29 @@ def test_vilbert_demo_quick_end_to_end(tmp_path):
     before = (out / "results.json").read_text()
     assert main(["--quick", "--out", str(out), "--heartbeat", "0"]) == 0
     assert (out / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_vilbert_demo_quick_with_varied_pretraining_end_to_end(tmp_path):
+    """Two seeds, each pretrained row's from its own pretraining: the pretrainings really differ and
+    every pretrained row's cells (zero-shot included) carry a spread across them."""
+    from safetensors.torch import load_file
+
+    from vilbert.cli.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out), "--heartbeat", "0", "--seeds", "2", "--vary-pretraining"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    for name in ("vilbert", "single_stream"):
+        a, b = (load_file(str(out / "runs" / "pretrain" / d / "model" / "model.safetensors"))
+                for d in (name, f"{name}-seed1"))
+        assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), name
+        assert f"{name}-seed1" in data["pretraining_val"]
+    for row in ("ViLBERT (pretrained)", "Single-stream (pretrained)"):
+        assert len(data["runs"][row]["Zero-shot R@1"]) == 2 and data["spread"][row]["Zero-shot R@1"] is not None
+    assert len(data["runs"]["ViLBERT, no pretraining"]["Zero-shot R@1"]) == 1  # nothing pretrained to vary
+    assert all(len(data["runs"]["ViLBERT (pretrained)"][c]) == 2 for c in ("VQA", "RefCOCO+"))
+    assert "covers how pretraining fell" in (out / "results.md").read_text()
 
 
 def test_default_demo_model_starts_its_text_stream_from_minilm():
