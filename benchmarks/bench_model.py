@@ -107,15 +107,21 @@ def sdpa_attend(q, k, v, mask, dropout_p=0.0, need_weights=False):
     return context.transpose(1, 2).reshape(b, length, h * e), None  # [B,L,H*E]
 
 
+def interleaved_ab(step, steps: int, owner, attribute: str, plain, other) -> tuple[float, float]:
+    """Median seconds of `step` with owner.attribute = plain and = other, interleaved pair by pair
+    (drift hits both alike); the plain one is put back."""
+    times: dict[str, list[float]] = {"plain": [], "other": []}
+    for _ in range(steps):
+        for name, fn in (("plain", plain), ("other", other)):
+            setattr(owner, attribute, fn)
+            times[name] += timed(step, 1)
+    setattr(owner, attribute, plain)
+    return statistics.median(times["plain"]), statistics.median(times["other"])
+
+
 def attention_ab(step, steps: int) -> None:
     """Training step with the library's attention vs SDPA everywhere, interleaved (A/B ratio)."""
-    times: dict[str, list[float]] = {"library": [], "sdpa": []}
-    for _ in range(steps):
-        for name, fn in (("library", layers_attend), ("sdpa", sdpa_attend)):
-            layers.attend = fn
-            times[name] += timed(step, 1)
-    layers.attend = layers_attend
-    lib, sdpa = (statistics.median(times[n]) for n in ("library", "sdpa"))
+    lib, sdpa = interleaved_ab(step, steps, layers, "attend", layers_attend, sdpa_attend)
     print(f"training step, attention A/B ({steps} interleaved pairs): library {lib * 1000:.1f} ms, "
           f"SDPA everywhere {sdpa * 1000:.1f} ms, speed-up {sdpa / lib:.3f}x")
 
@@ -166,13 +172,7 @@ def numpy_mask_dropout(x, p: float = 0.5, training: bool = True, inplace: bool =
 
 def dropout_ab(step, steps: int) -> None:
     """Training step with torch's dropout vs numpy-drawn masks, interleaved (A/B ratio)."""
-    times: dict[str, list[float]] = {"torch": [], "numpy": []}
-    for _ in range(steps):
-        for name, fn in (("torch", torch_dropout), ("numpy", numpy_mask_dropout)):
-            F.dropout = fn
-            times[name] += timed(step, 1)
-    F.dropout = torch_dropout
-    plain, fast = (statistics.median(times[n]) for n in ("torch", "numpy"))
+    plain, fast = interleaved_ab(step, steps, F, "dropout", torch_dropout, numpy_mask_dropout)
     print(f"training step, dropout masks A/B ({steps} interleaved pairs): torch bernoulli_ {plain * 1000:.1f} ms, "
           f"numpy 16-bit draws {fast * 1000:.1f} ms, speed-up {plain / fast:.3f}x")
 
