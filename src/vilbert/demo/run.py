@@ -78,6 +78,7 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
 def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, list[dict[str, float]]]]:
     """row key -> task -> the metrics of each seed that ran, from the stage results."""
     metrics: dict[str, dict[str, list[dict[str, float]]]] = {}
+    pretrain_seeds = Steps(plan.out, plan.sizes).pretrain_seeds  # zero-shot runs once per pretraining
     for table in plan.tables:
         for row in table.rows:
             if row.multitask:  # one stage per seed holds every task's metrics
@@ -86,7 +87,7 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
                     if any(found):
                         metrics.setdefault(row.key, {})[task] = [r["metrics"][task] for r in found if r]
                 continue
-            zero_shot_seeds = Steps(plan.out, plan.sizes).pretrain_seeds if row.pretrained else 1
+            zero_shot_seeds = pretrain_seeds if row.pretrained else 1
             for task in (*TASKS, ZERO_SHOT):
                 # zero-shot fine-tunes nothing: one per pretrained model
                 seeds = range(plan.sizes.seeds) if task in TASKS else range(zero_shot_seeds)
