@@ -89,6 +89,29 @@ def test_same_seed_same_bytes_serial_or_parallel(tmp_path):
     assert a["images/1.png"] != c["images/1.png"]
 
 
+
+def test_extra_test_images_grow_test_alone(tmp_path):
+    """Extra test images leave train and val byte for byte as they were (so models trained on them
+    are the same), add only test images, and a world made without them is still reused as is."""
+    base, grown = tmp_path / "base", tmp_path / "grown"
+    generate_world(base, num_images=12, seed=5, image_size=96, progress=False)
+    generate_world(grown, num_images=12, seed=5, image_size=96, extra_test_images=5, progress=False)
+    before, after = (json.loads((w / "world.json").read_text()) for w in (base, grown))
+    extra = set(after["splits"]["test"]) - set(before["splits"]["test"])
+    assert extra == set(range(13, 18)) and set(before["splits"]["test"]) < set(after["splits"]["test"])
+    assert {s: after["splits"][s] for s in ("train", "val")} == {s: before["splits"][s] for s in ("train", "val")}
+    a, b = _tree(base), _tree(grown)
+    for split in ("train", "val"):
+        for name in ("captions/{}.tsv", "flickr30k/{}.jsonl", "vcr/{}.jsonl",
+                     "vqa/v2_OpenEnded_mscoco_{}_questions.json", "vqa/v2_mscoco_{}_annotations.json"):
+            assert a[name.format(split)] == b[name.format(split)], name.format(split)
+    assert all(a[k] == b[k] for k in a if k.startswith("images/"))
+    assert {int(v.image_id) for v in read_vcr(grown / "vcr" / "test.jsonl")} & extra  # the new images are asked about
+    assert "extra_test_images" not in before["config"]  # worlds from before the setting keep their manifest
+    generate_world(base, num_images=12, seed=5, image_size=96, extra_test_images=0, progress=False)
+    with pytest.raises(FileExistsError, match="extra_test_images"):
+        generate_world(base, num_images=12, seed=5, image_size=96, extra_test_images=3, progress=False)
+
 def test_rerun_reuses_and_resumes(tmp_path):
     out = tmp_path / "w"
     generate_world(out, num_images=8, seed=1, image_size=96, progress=False)

@@ -21,13 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=d.image_size, help="image side in pixels (default %(default)s)")
     p.add_argument("--train-fraction", type=float, default=d.train_fraction)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="test gets the rest")
+    p.add_argument("--extra-test-images", type=int, default=d.extra_test_images,
+                   help="more test images beyond that split, leaving train and val as they are (default %(default)s)")
     add_runtime_args(p, device=False)
     return p
 
 
 def run(args: argparse.Namespace) -> None:
     path = generate_world(args.out, WorldConfig(num_images=args.images, seed=args.seed, image_size=args.image_size,
-                                                train_fraction=args.train_fraction, val_fraction=args.val_fraction),
+                                                train_fraction=args.train_fraction, val_fraction=args.val_fraction,
+                                                extra_test_images=args.extra_test_images),
                           workers=args.workers, progress=not args.no_progress)
     print(f"wrote {path}")
 

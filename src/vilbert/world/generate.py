@@ -58,10 +58,15 @@ class WorldConfig:
     min_objects: int = 2
     max_objects: int = 6
     max_proposals: int = 36  # proposals per image: true boxes, jittered copies, background boxes
+    # Test images beyond the fractions' split (ids num_images+1..): a larger test split that leaves
+    # train and val (and so every trained model) exactly as they are; evaluation noise shrinks with it.
+    extra_test_images: int = 0
 
     def check(self) -> None:
         if self.num_images < 3:
             raise ValueError(f"num_images={self.num_images}: need at least 3 (one per split)")
+        if self.extra_test_images < 0:
+            raise ValueError(f"extra_test_images={self.extra_test_images}: expected 0 or more")
         if not 64 <= self.image_size <= 1024:
             raise ValueError(f"image_size={self.image_size}: expected 64..1024 pixels")
         # Ids are built as image_id * 10 + ref, ref_id * 10 + sentence, image_id * 100 + question.
@@ -82,12 +87,14 @@ class WorldConfig:
 
 
 def split_ids(config: WorldConfig) -> dict[str, list[int]]:
-    """Disjoint, sorted image ids per split (ids are 1..num_images, shuffled by the seed)."""
+    """Disjoint, sorted image ids per split (ids 1..num_images shuffled by the seed and split by the
+    fractions; the extra test images' ids follow, all in test)."""
     ids = np.random.default_rng([config.seed, 7919]).permutation(config.num_images) + 1
     n_train = max(1, int(round(config.train_fraction * config.num_images)))
     n_val = max(1, int(round(config.val_fraction * config.num_images)))
     n_train = min(n_train, config.num_images - 2)
-    parts = (ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])
+    extra = np.arange(config.num_images + 1, config.num_images + config.extra_test_images + 1)
+    parts = (ids[:n_train], ids[n_train:n_train + n_val], np.concatenate([ids[n_train + n_val:], extra]))
     return {name: sorted(int(i) for i in part) for name, part in zip(SPLITS, parts)}
 
 
@@ -275,7 +282,10 @@ def _ground_truth(r: dict) -> dict:
 
 
 def _world_json(config: WorldConfig, splits: dict[str, list[int]]) -> dict:
-    return {"format_version": FORMAT_VERSION, "config": asdict(config),
+    settings = asdict(config)
+    if not config.extra_test_images:  # a world made before the setting existed is the same world
+        del settings["extra_test_images"]
+    return {"format_version": FORMAT_VERSION, "config": settings,
             "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES),
                            "relations": list(RELATIONS) + ["nearest"]},
             "splits": splits}
@@ -300,7 +310,7 @@ def generate_world(out_dir: str | os.PathLike[str], config: WorldConfig | None =
     if (out / "world.json").exists() and read_json(out / "world.json", "the finished world's manifest") == manifest:
         return out / "world.json"
     split_of = {i: s for s, ids in splits.items() for i in ids}
-    jobs = [(config, str(out), i, split_of[i]) for i in range(1, config.num_images + 1)]
+    jobs = [(config, str(out), i, split_of[i]) for i in range(1, config.num_images + config.extra_test_images + 1)]
     (out / "images").mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         writer = _WorldWriter(out, config, stack)
