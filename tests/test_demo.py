@@ -91,6 +91,102 @@ def test_runner_rejects_duplicate_names(tmp_path):
         _runner(tmp_path)[0].run([Stage("x", lambda: None), Stage("x", lambda: None)])
 
 
+
+# A plan for the side-by-side runner: a -> (b, c) -> d. Each stage records when it ran and with how
+# many threads; b fails while FAIL_B exists. The launched workers build the same stages from here.
+SIDE_BY_SIDE_PLAN = """
+import json, os, sys, time
+from pathlib import Path
+import torch
+from vilbert.demo.stages import Stage, StageRunner
+
+out = Path(sys.argv[1])
+
+def work(name):
+    def run():
+        start = time.time()
+        if name == "b" and (out / "FAIL_B").exists():
+            raise RuntimeError("b broke")
+        met = None
+        if name in ("b", "c"):  # each waits (up to a minute) to see the other one started
+            (out / f"{name}.started").touch()
+            other = out / ("c.started" if name == "b" else "b.started")
+            deadline = time.time() + 60
+            while not other.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            met = other.exists()
+        return {"start": start, "end": time.time(), "threads": torch.get_num_threads(), "met": met}
+    return run
+
+STAGES = [Stage("a", work("a")), Stage("b", work("b"), needs=("a",)), Stage("c", work("c"), needs=("a",)),
+          Stage("d", work("d"), needs=("b", "c"))]
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(sys.argv[3]))
+    StageRunner(out).run_here(next(s for s in STAGES if s.name == sys.argv[2]))
+"""
+
+
+def _side_by_side(tmp_path: Path):
+    import importlib.util
+    import sys
+
+    script = tmp_path / "plan.py"
+    script.write_text(SIDE_BY_SIDE_PLAN)
+    spec = importlib.util.spec_from_file_location("side_by_side_plan", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.argv, argv = [str(script), str(tmp_path / "out")], sys.argv
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.argv = argv
+    out = tmp_path / "out"
+    return module.STAGES, out, lambda name, threads: [sys.executable, str(script), str(out), name, str(threads)]
+
+
+def test_stages_side_by_side_wait_for_what_they_need_and_share_the_threads(tmp_path):
+    stages, out, launch = _side_by_side(tmp_path)
+    stream = io.StringIO()
+    results = StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch, threads=2)
+    a, b, c, d = (results[n] for n in "abcd")
+    assert b["start"] >= a["end"] and c["start"] >= a["end"]  # both wait on a
+    assert d["start"] >= max(b["end"], c["end"])
+    assert b["met"] and c["met"]  # and run at the same time
+    assert (a["threads"], b["threads"], c["threads"], d["threads"]) == (2, 1, 1, 2)  # alone: every thread
+    assert all((out / "stages" / f"{n}.json").is_file() for n in "abcd")
+    assert "[2/4] b - " not in stream.getvalue() and "b: finished in" in stream.getvalue()
+    again = io.StringIO()
+    assert StageRunner(out, stream=again).run(stages, jobs=2, launch=launch, threads=2) == results
+    assert again.getvalue().count("reused") == 4
+
+
+def test_a_failed_stage_side_by_side_is_named_and_the_rest_resume(tmp_path):
+    stages, out, launch = _side_by_side(tmp_path)
+    out.mkdir()
+    (out / "FAIL_B").write_text("")
+    (out / "b.started").touch()  # b fails before it gets there: c must not wait on it
+    with pytest.raises(StageError, match=r"stage 'b' failed: RuntimeError: b broke .*b\.log"):
+        StageRunner(out, stream=io.StringIO()).run(stages, jobs=2, launch=launch, threads=2)
+    assert (out / "stages" / "c.json").is_file()  # c ran beside b and finished
+    assert not (out / "stages" / "b.json").exists() and not (out / "stages" / "d.json").exists()
+    assert "b broke" in (out / "logs" / "b.log").read_text()
+    (out / "FAIL_B").unlink()
+    stream = io.StringIO()
+    StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch, threads=2)
+    assert "c: done earlier" in stream.getvalue() and (out / "stages" / "d.json").is_file()
+    assert not (out / "stages" / "b.failed").exists()
+
+
+def test_side_by_side_refuses_a_plan_that_cannot_finish(tmp_path):
+    runner = StageRunner(tmp_path, stream=io.StringIO())
+    with pytest.raises(ValueError, match=r"not in the plan: \['z'\]"):
+        runner.run([Stage("a", lambda: None, needs=("z",))], jobs=2, launch=lambda n, t: [])
+    with pytest.raises(ValueError, match="wait on each other"):
+        runner.run([Stage("a", lambda: None, needs=("b",)), Stage("b", lambda: None, needs=("a",))],
+                   jobs=2, launch=lambda n, t: [])
+    with pytest.raises(ValueError, match="launch command"):
+        runner.run([Stage("a", lambda: None)], jobs=2)
+
 def _fake_metrics(boost: float) -> dict:
     return {
         "vqa": {"accuracy": 0.5 + boost}, "vcr": {"q_a": 0.4 + boost, "qa_r": 0.45 + boost, "q_ar": 0.2 + boost},
@@ -376,6 +472,14 @@ def test_varied_pretraining_needs_seeds_and_older_demo_folders_stay_usable(tmp_p
     check_settings(tmp_path / "old", quick_sizes())
     with pytest.raises(FileExistsError, match="differs in: seeds, vary_pretraining"):
         check_settings(tmp_path / "old", with_overrides(quick_sizes(), seeds=2, vary_pretraining=True))
+    # A folder from before the test split grew has 160 test images: another demo, refused by name.
+    check_settings(tmp_path / "older", default_sizes())
+    settings = json.loads((tmp_path / "older" / SETTINGS_FILE).read_text())
+    del settings["extra_test_images"]
+    (tmp_path / "older" / SETTINGS_FILE).write_text(json.dumps(settings))
+    with pytest.raises(FileExistsError, match="differs in: extra_test_images"):
+        check_settings(tmp_path / "older", default_sizes())
+    check_settings(tmp_path / "older", dataclasses.replace(default_sizes(), extra_test_images=0))
 
 
 def test_zero_shot_claim_across_pretrainings_is_decided_against_their_spread(tmp_path):
@@ -418,3 +522,52 @@ def test_finetune_steps_name_what_is_wrong(tmp_path, capsys, value, message):
     assert main(["--quick", "--out", str(tmp_path / "d"), "--report-only", "--finetune-steps", value]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_extra_test_images_are_checked_before_anything_is_written(tmp_path, capsys):
+    from vilbert.cli.demo import main
+
+    assert main(["--quick", "--out", str(tmp_path / "d"), "--extra-test-images", "-3"]) != 0
+    assert "extra test images must be 0 or more, got -3" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    plan = build_plan(tmp_path / "p", with_overrides(quick_sizes(), extra_test_images=7))
+    assert plan.steps[next(k for k in plan.steps if k.step == "world")].description == "generate 55 images"
+
+
+def test_a_worker_rebuilds_the_exact_sizes_and_names_an_unknown_stage(tmp_path, capsys):
+    from vilbert.demo.sizes import DemoSizes
+    from vilbert.demo.worker import command, main
+
+    sizes = with_overrides(default_sizes(), finetune_steps={"vqa": 960}, seeds=2, vary_pretraining=True)
+    assert DemoSizes.from_dict(json.loads(json.dumps(sizes.to_dict()))) == sizes
+    argv = command(str(tmp_path), "vilbert-vqa", sizes, 3, ablations=True)
+    assert argv[1:5] == ["-m", "vilbert.demo.worker", str(tmp_path), "vilbert-vqa"] and argv[-1] == "--ablations"
+    assert main([*argv[3:4], "no-such-stage", *argv[5:]]) == 2
+    assert "the plan has no stage 'no-such-stage'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vilbert_demo_quick_side_by_side_prints_the_same_table(tmp_path):
+    """Two stages at a time, each in a process of its own with one thread: the same table to the
+    byte as one stage at a time with every thread."""
+    from vilbert.cli.demo import main
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["--quick", "--out", str(one), "--heartbeat", "0", "--threads", "2"]) == 0
+    assert main(["--quick", "--out", str(two), "--heartbeat", "0", "--threads", "2", "--jobs", "2"]) == 0
+    assert (two / "results.json").read_text() == (one / "results.json").read_text()
+    assert (two / "results.md").read_text() == (one / "results.md").read_text()
+
+
+def test_every_stage_needs_what_it_reads_and_comes_after_it(tmp_path):
+    sizes = with_overrides(default_sizes(), seeds=2, vary_pretraining=True)
+    plan = build_plan(tmp_path, sizes, ablations=True)
+    order = {s.name: k for k, s in enumerate(plan.stages)}
+    for stage in plan.stages:
+        assert all(order[n] < order[stage.name] for n in stage.needs), stage.name
+        assert (stage.name == "world") == (not stage.needs), stage.name
+    needs = {s.name: s.needs for s in plan.stages}
+    assert needs["features"] == ("world",) and needs["pretrain-vilbert-seed1"] == ("features",)
+    assert needs["vilbert-vqa-seed1"] == ("pretrain-vilbert-seed1",)
+    assert needs["single_stream-zero_shot_retrieval"] == ("pretrain-single_stream",)
+    assert needs["vilbert_scratch-refer-seed1"] == ("features",)  # nothing pretrained to wait on

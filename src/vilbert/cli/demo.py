@@ -2,7 +2,7 @@
 evaluate, and print a results table shaped like the paper's Table 1.
 
     vilbert demo [--out vilbert-demo] [--quick] [--ablations] [--seeds N [--vary-pretraining]]
-                 [--finetune-steps vqa=960]
+                 [--finetune-steps vqa=960] [--extra-test-images N] [--jobs N]
 
 Everything goes under --out (world/, features.lmdb, runs/, logs/, results.md/.json/.png). A rerun
 reuses every finished stage and resumes an interrupted one.
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the co-attention depth (2/4/6 layers) and pretraining-data (0/25/50/100%%) tables")
     p.add_argument("--images", type=int, default=None, help="world size (overrides the default sizes)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (overrides the default sizes)")
+    p.add_argument("--extra-test-images", type=int, default=None,
+                   help="test images beyond the world's split (default 480, so 640 test images; --quick 0; 0 gives the 160 of "
+                        "demo folders made before 2026-12-03); training is the same either way")
     p.add_argument("--finetune-steps", action="append", type=_task_steps, default=[], metavar="TASK=N",
                    help="fine-tune TASK (vqa, vcr, refer, retrieval) for N steps in every row (repeatable); "
                         "vqa=960 lifts the world's VQA above 60%% (16.5 minutes more on 2 cores)")
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretraining k): the spread then covers how pretraining fell (N-1 more pretrainings per model)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the tables from the stages finished so far")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run up to this many stages at once, each in its own process with its share of the "
+                        "threads; the results are the same (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between progress lines inside a stage")
     return p
@@ -54,12 +60,16 @@ def run(args: argparse.Namespace) -> None:
     sizes = quick_sizes() if args.quick else default_sizes()
     try:
         sizes = with_overrides(sizes, finetune_steps=dict(args.finetune_steps), images=args.images,
+                               extra_test_images=args.extra_test_images,
                                pretrain_steps=args.pretrain_steps, seeds=args.seeds,
                                vary_pretraining=args.vary_pretraining or None)
     except ValueError as err:
         raise JobFailed(str(err)) from err
+    if args.jobs < 1:
+        raise JobFailed(f"--jobs must be 1 or more, got {args.jobs}")
     try:
-        run_demo(args.out, sizes, ablations=args.ablations, heartbeat_s=args.heartbeat, report_only=args.report_only)
+        run_demo(args.out, sizes, ablations=args.ablations, heartbeat_s=args.heartbeat, report_only=args.report_only,
+                 jobs=args.jobs)
     except StageError as err:
         raise JobFailed(str(err)) from err
 

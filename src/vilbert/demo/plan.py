@@ -88,20 +88,27 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
     do = Steps(out, sizes)
     steps: dict[StageKey, Stage] = {}
 
-    def add(key: StageKey, run, estimate: float, description: str) -> None:
-        steps[key] = Stage(key.name, run, estimate, description)
+    def add(key: StageKey, run, estimate: float, description: str, needs: tuple[StageKey, ...] = ()) -> None:
+        steps[key] = Stage(key.name, run, estimate, description, needs=tuple(k.name for k in needs))
+
+    def start_of(row: Row, seed: int) -> tuple[StageKey, ...]:
+        """The stage a run of `row` at `seed` starts from: its pretraining, or the features."""
+        if row.pretrained:
+            return (StageKey(PRETRAIN, row.model.name, do.pretrain_seed(row, seed)),)
+        return (StageKey(FEATURES),)
 
     s = sizes
-    add(StageKey(WORLD), do.make_world, s.images * s.seconds_per_image_world, f"generate {s.images} images")
-    add(StageKey(FEATURES), do.extract_features, 15 + s.images * s.seconds_per_image_features,
-        "region features of the world's proposals (EfficientNet-Lite0 + RoIAlign)")
+    images = s.images + s.extra_test_images
+    add(StageKey(WORLD), do.make_world, images * s.seconds_per_image_world, f"generate {images} images")
+    add(StageKey(FEATURES), do.extract_features, 15 + images * s.seconds_per_image_features,
+        "region features of the world's proposals (EfficientNet-Lite0 + RoIAlign)", needs=(StageKey(WORLD),))
     pretrained: dict[str, ModelSpec] = {r.model.name: r.model for r in rows.values() if r.pretrained}
     for spec in sorted(pretrained.values(), key=lambda m: m.name != "vilbert"):
         for seed in range(do.pretrain_seeds):
             add(StageKey(PRETRAIN, spec.name, seed), lambda spec=spec, seed=seed: do.pretrain(spec, seed),
                 10 + s.pretrain_steps * s.pretrain_batch * s.seconds_per_pretrain_row,
                 f"pretrain {spec.name} ({s.pretrain_steps} steps of {s.pretrain_batch}, "
-                f"{spec.data_fraction:.0%} of the pairs, seed {s.seed + seed})")
+                f"{spec.data_fraction:.0%} of the pairs, seed {s.seed + seed})", needs=(StageKey(FEATURES),))
     # ViLBERT's rows first, so that an interrupted run already holds the most telling numbers.
     for row in sorted(rows.values(), key=lambda r: r.key != "vilbert"):
         if row.multitask:
@@ -110,7 +117,8 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
                        * (4 if t in ("vcr", "retrieval") else 1) for t in TASKS)
             for seed in range(s.seeds):
                 add(StageKey(MULTITASK, row.key, seed), lambda row=row, seed=seed: do.multitask(do.multitask_run(row, seed)),
-                    cost, f"fine-tune {', '.join(TASKS)} together and evaluate ({steps_all} steps, seed {s.seed + seed})")
+                    cost, f"fine-tune {', '.join(TASKS)} together and evaluate ({steps_all} steps, seed {s.seed + seed})",
+                    needs=start_of(row, seed))
             continue  # its zero-shot retrieval is its pretrained model's, already a row
         for seed in range(s.seeds):
             for task in TASKS:
@@ -118,8 +126,10 @@ def build_plan(out: str | Path, sizes: DemoSizes, ablations: bool = False) -> De
                 rows_per_item = 4 if task in ("vcr", "retrieval") else 1
                 add(StageKey(task, row.key, seed), lambda row=row, task=task, seed=seed: do.finetune(row, task, seed),
                     10 + ft.steps * ft.batch_size * s.seconds_per_finetune_row * rows_per_item,
-                    f"fine-tune and evaluate {task} ({ft.steps} steps of {ft.batch_size}, seed {s.seed + seed})")
+                    f"fine-tune and evaluate {task} ({ft.steps} steps of {ft.batch_size}, seed {s.seed + seed})",
+                    needs=start_of(row, seed))
         for seed in range(do.pretrain_seeds if row.pretrained else 1):  # one per pretrained model
             add(StageKey(ZERO_SHOT, row.key, seed), lambda row=row, seed=seed: do.zero_shot(row, seed), 20.0,
-                "zero-shot retrieval (alignment head, no fine-tuning)" + (f", pretraining seed {s.seed + seed}" if seed else ""))
+                "zero-shot retrieval (alignment head, no fine-tuning)" + (f", pretraining seed {s.seed + seed}" if seed else ""),
+                needs=start_of(row, seed))
     return DemoPlan(out, sizes, tables, steps)

@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from vilbert.data.readers.vqa import read_vqa, vqa_paths
 from vilbert.demo.plan import MULTITASK, PRETRAIN, WORLD, DemoPlan, StageKey, build_plan
 from vilbert.demo.results import ResultsTable, check_claims, make_table, multitask_claims, write_results
-from vilbert.demo.sizes import TASKS, DemoSizes
+from vilbert.demo.sizes import BEFORE_THE_FIELD, TASKS, DemoSizes
 from vilbert.demo.stages import StageRunner
 from vilbert.demo.steps import ZERO_SHOT, Steps
+from vilbert.demo.worker import command as worker_command
 from vilbert.io.atomic import read_json, remove_stale_temps, write_json
 from vilbert.tasks.vqa import answer_prior_accuracy
 
@@ -27,8 +30,10 @@ def check_settings(out: Path, sizes: DemoSizes) -> None:
     wanted = json.loads(json.dumps(sizes.to_dict()))
     if path.is_file():
         before, now = _results_settings(read_json(path, "the demo's settings")), _results_settings(wanted)
-        # A setting added since that folder was made is at its default there.
-        before = {**{k: v for k, v in _field_defaults().items() if k in now and k not in before}, **before}
+        # A setting added since that folder was made is at its default there, or at what the demo
+        # ran with before the setting existed where the default has changed since.
+        missing = {**_field_defaults(), **BEFORE_THE_FIELD}
+        before = {**{k: v for k, v in missing.items() if k in now and k not in before}, **before}
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise FileExistsError(f"{out} holds a demo run with other settings (differs in: {', '.join(changed)}); "
@@ -49,11 +54,15 @@ def _results_settings(sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream: TextIO | None = None,
-             heartbeat_s: float = 30.0, report_only: bool = False) -> dict[str, Any]:
+             heartbeat_s: float = 30.0, report_only: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Run the demo into `out`; returns {table name: {"table": ..., "text": markdown}}.
 
     `report_only`: run nothing; write the tables from the stages finished so far (`-` elsewhere).
+    `jobs` > 1: up to that many stages at once, each in its own process with its share of torch's
+    threads (the same results: a stage's numbers do not depend on its thread count; tested).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be 1 or more, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, sizes)
@@ -69,7 +78,8 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
         if missing:
             print(f"vilbert demo: {len(missing)} stages not run yet: {', '.join(missing)}", file=stream)
     else:
-        runner.run(plan.stages)
+        runner.run(plan.stages, jobs=jobs, threads=torch.get_num_threads(),
+                   launch=lambda name, threads: worker_command(out, name, sizes, threads, ablations))
     write_json(out / "timings.json", {k: {"seconds": round(v, 1), "cpu_seconds": round(runner.cpu_timings.get(k, 0.0), 1)}
                                       for k, v in runner.timings.items()})
     return write_tables(plan, runner.results, stream)
@@ -108,7 +118,7 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
     notes = []
     if retrieval_images != test_images:
         notes.append(f"retrieval ranks the first {retrieval_images} test images against their captions")
-    notes.append(f"{plan.sizes.images} images ({test_images} test), preset {plan.sizes.preset!r}, "
+    notes.append(f"{plan.sizes.images + plan.sizes.extra_test_images} images ({test_images} test), preset {plan.sizes.preset!r}, "
                  f"pretraining {plan.sizes.pretrain_steps} steps of {plan.sizes.pretrain_batch}; "
                  "every row uses the same settings")
     if plan.sizes.seeds > 1:

@@ -9,12 +9,19 @@ mechanism (the trainer's `resume=True`, the feature store's skip of images it ho
 
 While a stage runs, its stdout and stderr (and so tqdm bars and warnings) go to
 `OUT/logs/<name>.log`; the terminal shows only the runner's progress lines.
+
+With `jobs` > 1 the runner starts each stage in a process of its own (a command the caller gives,
+which runs that one stage here with `run_here` and so writes its marker), up to `jobs` at once,
+each once the stages it `needs` are finished, with the torch threads split between them. On 2
+cores, 2 one-thread fine-tunes at once did 1.23x the work of one two-thread fine-tune at a time
+(pretraining 1.06x); on more cores the small models of the demo gain more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -41,10 +48,16 @@ class Stage:
     run: StageFn
     estimate_s: float = 60.0  # expected seconds, for the time-left display
     description: str = ""
+    needs: tuple[str, ...] = ()  # stages that must be finished first (when stages run side by side)
 
 
 class StageError(RuntimeError):
     """A stage failed; the message names it and its log."""
+
+
+# Launch(stage name, torch threads) -> the command that runs that one stage in a process of its own.
+Launch = Callable[[str, int], list[str]]
+POLL_S = 0.2
 
 
 @dataclass
@@ -88,22 +101,28 @@ class StageRunner:
         """The stored marker of a finished stage: {"name", "seconds", "result"}."""
         return json.loads(self.marker(name).read_text())
 
-    def run(self, stages: list[Stage]) -> dict[str, Any]:
-        """Run every unfinished stage; returns name -> result for all stages."""
+    def failure_note(self, name: str) -> Path:
+        return self.out_dir / "stages" / f"{name}.failed"
+
+    def run(self, stages: list[Stage], jobs: int = 1, launch: Launch | None = None, threads: int = 1) -> dict[str, Any]:
+        """Run every unfinished stage; returns name -> result for all stages. `jobs` > 1 runs up
+        to that many side by side, each through `launch` with its share of `threads`."""
         names = [s.name for s in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"stage names must be unique; repeated: {duplicates}")
+        if jobs < 1:
+            raise ValueError(f"jobs must be 1 or more, got {jobs}")
+        if jobs > 1:
+            if launch is None:
+                raise ValueError("running stages side by side needs a launch command")
+            return self._run_side_by_side(stages, jobs, launch, max(1, threads))
         start = time.perf_counter()
         # Actual / estimated time of the stages run so far corrects the estimates of the rest.
         spent = estimated = 0.0
         for k, stage in enumerate(stages, 1):
             if self.is_done(stage.name):
-                stored = self.load(stage.name)
-                self.results[stage.name] = stored.get("result")
-                self.timings[stage.name] = float(stored.get("seconds", 0.0))
-                self.cpu_timings[stage.name] = float(stored.get("cpu_seconds", 0.0))
-                self._say(f"[{k}/{len(stages)}] {stage.name}: done earlier ({_fmt(self.timings[stage.name])}), reused")
+                self._reuse(stage, k, len(stages))
                 continue
             ratio = spent / estimated if estimated > 0 else 1.0
             left = ratio * sum(s.estimate_s for s in stages[k - 1:] if not self.is_done(s.name))
@@ -117,6 +136,105 @@ class StageRunner:
             self._say(f"[{k}/{len(stages)}] {stage.name}: finished in {_fmt(seconds)}")
         self._say(f"all {len(stages)} stages done (this run {_fmt(time.perf_counter() - start)})")
         return self.results
+
+    def run_here(self, stage: Stage) -> None:
+        """Run one stage in this process (a launched worker's part): its log, then its marker; on
+        failure the one-line reason is left in `failure_note` for the runner that launched it."""
+        note = self.failure_note(stage.name)
+        note.unlink(missing_ok=True)
+        try:
+            self._run_one(stage, 1, 1, time.perf_counter(), stage.estimate_s, stage.estimate_s)
+        except StageError as err:
+            write_json(note, {"error": str(err)})
+            raise
+
+    def _run_side_by_side(self, stages: list[Stage], jobs: int, launch: Launch, threads: int) -> dict[str, Any]:
+        names = {s.name for s in stages}
+        unknown = sorted({n for s in stages for n in s.needs} - names)
+        if unknown:
+            raise ValueError(f"stages need stages that are not in the plan: {unknown}")
+        index = {s.name: k for k, s in enumerate(stages, 1)}
+        finished: set[str] = set()
+        pending: list[Stage] = []
+        for stage in stages:
+            if self.is_done(stage.name):
+                self._reuse(stage, index[stage.name], len(stages))
+                finished.add(stage.name)
+            else:
+                pending.append(stage)
+        start = last_beat = time.perf_counter()
+        running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+        failures: list[str] = []
+        share = max(1, threads // jobs)
+        try:
+            while running or (pending and not failures):
+                if not failures:  # after a failure: let the running ones finish, start nothing new
+                    ready = [s for s in pending if set(s.needs) <= finished]
+                    if not ready and not running:
+                        raise ValueError(f"no stage can start: {[s.name for s in pending]} wait on each other")
+                    for stage in ready[:jobs - len(running)]:
+                        # Alone (all the rest wait on it), a stage gets every thread.
+                        alone = not running and len(ready) == 1
+                        running[stage.name] = self._launch(stage, launch, threads if alone else share,
+                                                           index[stage.name], len(stages), start, pending)
+                        pending.remove(stage)
+                time.sleep(POLL_S)
+                for name, (proc, t0, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    del running[name]
+                    if proc.returncode == 0 and self.is_done(name):
+                        self._take_marker(name)
+                        self._say(f"[{index[name]}/{len(stages)}] {name}: finished in {_fmt(time.perf_counter() - t0)}")
+                        finished.add(name)
+                    else:
+                        failures.append(self._failure(name, proc.returncode))
+                now = time.perf_counter()
+                if self.heartbeat_s > 0 and running and now - last_beat >= self.heartbeat_s:
+                    last_beat = now
+                    busy = ", ".join(f"{n} {_fmt(now - t0)}" for n, (_, t0, _) in running.items())
+                    self._say(f"running {busy} (elapsed {_fmt(now - start)}, {len(pending)} stages waiting)")
+        except BaseException:
+            for proc, _, log in running.values():  # an interrupt or a broken plan: stop the workers
+                proc.terminate()
+            for proc, _, log in running.values():
+                proc.wait()
+                log.close()
+            raise
+        if failures:
+            raise StageError(failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+        self._say(f"all {len(stages)} stages done (this run {_fmt(time.perf_counter() - start)})")
+        return self.results
+
+    def _launch(self, stage: Stage, launch: Launch, threads: int, k: int, n: int, start: float,
+                pending: list[Stage]) -> tuple[subprocess.Popen, float, Any]:
+        log_path = self.log_path(stage.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.failure_note(stage.name).unlink(missing_ok=True)
+        what = f" - {stage.description}" if stage.description else ""
+        self._say(f"[{k}/{n}] {stage.name}{what} (started, {threads} thread{'s' if threads > 1 else ''}; "
+                  f"elapsed {_fmt(time.perf_counter() - start)}, {len(pending) - 1} stages waiting)")
+        log = open(log_path, "a")  # noqa: SIM115 - open while the worker runs; what it prints outside the stage lands here
+        proc = subprocess.Popen(launch(stage.name, threads), stdout=log, stderr=subprocess.STDOUT)
+        return proc, time.perf_counter(), log
+
+    def _failure(self, name: str, returncode: int) -> str:
+        note = self.failure_note(name)
+        if note.is_file():
+            return json.loads(note.read_text())["error"]
+        return f"stage {name!r} failed: its process exited with code {returncode} (log: {self.log_path(name)})"
+
+    def _take_marker(self, name: str) -> float:
+        """A finished stage's stored result and timings into this runner; returns its seconds."""
+        stored = self.load(name)
+        self.results[name] = stored.get("result")
+        self.timings[name] = float(stored.get("seconds", 0.0))
+        self.cpu_timings[name] = float(stored.get("cpu_seconds", 0.0))
+        return self.timings[name]
+
+    def _reuse(self, stage: Stage, k: int, n: int) -> None:
+        self._say(f"[{k}/{n}] {stage.name}: done earlier ({_fmt(self._take_marker(stage.name))}), reused")
 
     def _run_one(self, stage: Stage, k: int, n: int, start: float, expected: float, left: float) -> float:
         log = self.log_path(stage.name)

@@ -112,6 +112,7 @@ class Steps:
         s = self.sizes
         path = generate_world(self.world, num_images=s.images, seed=s.seed, image_size=s.image_size,
                               train_fraction=s.train_fraction, val_fraction=s.val_fraction,
+                              extra_test_images=s.extra_test_images,
                               max_objects=s.max_objects, max_proposals=s.max_proposals,
                               captions_per_image=s.captions_per_image, vcr_per_image=s.vcr_per_image)
         splits = json.loads(Path(path).read_text())["splits"]
