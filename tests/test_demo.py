@@ -152,7 +152,7 @@ def test_stages_side_by_side_wait_for_what_they_need_and_share_the_threads(tmp_p
     assert b["start"] >= a["end"] and c["start"] >= a["end"]  # both wait on a
     assert d["start"] >= max(b["end"], c["end"])
     assert b["met"] and c["met"]  # and run at the same time
-    assert (a["threads"], b["threads"], c["threads"], d["threads"]) == (2, 1, 1, 2)  # alone: every thread
+    assert all(r["threads"] == 2 for r in (a, b, c, d))  # each what it would get one at a time
     assert all((out / "stages" / f"{n}.json").is_file() for n in "abcd")
     assert "[2/4] b - " not in stream.getvalue() and "b: finished in" in stream.getvalue()
     again = io.StringIO()
@@ -549,12 +549,12 @@ def test_a_worker_rebuilds_the_exact_sizes_and_names_an_unknown_stage(tmp_path, 
 @pytest.mark.slow
 def test_vilbert_demo_quick_side_by_side_prints_the_same_table(tmp_path):
     """Two stages at a time, each in a process of its own with one thread: the same table to the
-    byte as one stage at a time with every thread."""
+    byte as one stage at a time with one thread."""
     from vilbert.cli.demo import main
 
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["--quick", "--out", str(one), "--heartbeat", "0", "--threads", "2"]) == 0
-    assert main(["--quick", "--out", str(two), "--heartbeat", "0", "--threads", "2", "--jobs", "2"]) == 0
+    assert main(["--quick", "--out", str(one), "--heartbeat", "0", "--threads", "1"]) == 0
+    assert main(["--quick", "--out", str(two), "--heartbeat", "0", "--threads", "1", "--jobs", "2"]) == 0
     assert (two / "results.json").read_text() == (one / "results.json").read_text()
     assert (two / "results.md").read_text() == (one / "results.md").read_text()
 

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the tables from the stages finished so far")
     p.add_argument("--jobs", type=int, default=1,
-                   help="run up to this many stages at once, each in its own process with its share of the "
-                        "threads; the results are the same (default %(default)s)")
+                   help="run up to this many stages at once, each in its own process with --threads threads "
+                        "(the same table as one at a time with those threads); e.g. --threads 2 --jobs 8 on 16 "
+                        "cores (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between progress lines inside a stage")
     return p

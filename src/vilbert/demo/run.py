@@ -58,8 +58,8 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     """Run the demo into `out`; returns {table name: {"table": ..., "text": markdown}}.
 
     `report_only`: run nothing; write the tables from the stages finished so far (`-` elsewhere).
-    `jobs` > 1: up to that many stages at once, each in its own process with its share of torch's
-    threads (the same results: a stage's numbers do not depend on its thread count; tested).
+    `jobs` > 1: up to that many stages at once, each in its own process with as many torch threads
+    as this process has (so the same results as one at a time: tested); give it jobs x threads <= cores.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be 1 or more, got {jobs}")

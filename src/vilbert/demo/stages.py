@@ -12,9 +12,9 @@ While a stage runs, its stdout and stderr (and so tqdm bars and warnings) go to
 
 With `jobs` > 1 the runner starts each stage in a process of its own (a command the caller gives,
 which runs that one stage here with `run_here` and so writes its marker), up to `jobs` at once,
-each once the stages it `needs` are finished, with the torch threads split between them. On 2
-cores, 2 one-thread fine-tunes at once did 1.23x the work of one two-thread fine-tune at a time
-(pretraining 1.06x); on more cores the small models of the demo gain more.
+each once the stages it `needs` are finished, and each with the same number of torch threads as
+one at a time would get: a stage's numbers depend on its thread count (a pretraining's float sums
+fall differently at 1 and 2 threads), so only that keeps the results those of one at a time.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class StageRunner:
 
     def run(self, stages: list[Stage], jobs: int = 1, launch: Launch | None = None, threads: int = 1) -> dict[str, Any]:
         """Run every unfinished stage; returns name -> result for all stages. `jobs` > 1 runs up
-        to that many side by side, each through `launch` with its share of `threads`."""
+        to that many side by side, each through `launch` with `threads` torch threads."""
         names = [s.name for s in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -165,7 +165,6 @@ class StageRunner:
         start = last_beat = time.perf_counter()
         running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
         failures: list[str] = []
-        share = max(1, threads // jobs)
         try:
             while running or (pending and not failures):
                 if not failures:  # after a failure: let the running ones finish, start nothing new
@@ -173,10 +172,8 @@ class StageRunner:
                     if not ready and not running:
                         raise ValueError(f"no stage can start: {[s.name for s in pending]} wait on each other")
                     for stage in ready[:jobs - len(running)]:
-                        # Alone (all the rest wait on it), a stage gets every thread.
-                        alone = not running and len(ready) == 1
-                        running[stage.name] = self._launch(stage, launch, threads if alone else share,
-                                                           index[stage.name], len(stages), start, pending)
+                        running[stage.name] = self._launch(stage, launch, threads, index[stage.name], len(stages),
+                                                           start, pending)
                         pending.remove(stage)
                 time.sleep(POLL_S)
                 for name, (proc, t0, log) in list(running.items()):
