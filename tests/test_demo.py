@@ -43,6 +43,7 @@ def test_runner_skips_finished_stages_and_keeps_results(tmp_path):
     assert "working on a" not in stream.getvalue()
     marker = json.loads((tmp_path / "stages" / "b.json").read_text())
     assert marker["result"] == {"value": 2} and marker["seconds"] >= 0
+    assert marker["threads"] == torch.get_num_threads()  # a stage's numbers depend on it
 
     again, stream = _runner(tmp_path)
     assert again.run(stages) == {"a": {"value": 1}, "b": {"value": 2}}
@@ -339,6 +340,8 @@ def test_vilbert_demo_quick_end_to_end(tmp_path):
     vqa_model = load_pretrained(out / "runs" / "vilbert" / "vqa" / "model")  # the fine-tuned model, answers and all
     assert vqa_model.heads["vqa"].answers and not (out / "runs" / "vilbert" / "vqa" / "checkpoints").exists()
     assert (out / "logs" / "pretrain-vilbert.log").is_file()
+    threads = torch.get_num_threads()
+    assert f"stages ran with {threads} torch thread{'s' if threads > 1 else ''}\n" in (out / "results.md").read_text()
     # A rerun reuses every stage and writes the same table.
     before = (out / "results.json").read_text()
     assert main(["--quick", "--out", str(out), "--heartbeat", "0"]) == 0

@@ -82,7 +82,7 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
                    launch=lambda name, threads: worker_command(out, name, sizes, threads, ablations))
     write_json(out / "timings.json", {k: {"seconds": round(v, 1), "cpu_seconds": round(runner.cpu_timings.get(k, 0.0), 1)}
                                       for k, v in runner.timings.items()})
-    return write_tables(plan, runner.results, stream)
+    return write_tables(plan, runner.results, stream, runner.threads)
 
 
 def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, list[dict[str, float]]]]:
@@ -107,7 +107,8 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
     return metrics
 
 
-def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dict[str, Any]:
+def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO,
+                 threads: dict[str, int] | None = None) -> dict[str, Any]:
     metrics = collect_metrics(plan, results)
     world = results.get(StageKey(WORLD).name) or {}
     test_images = (world.get("images") or {}).get(plan.sizes.eval_split)
@@ -126,6 +127,11 @@ def write_tables(plan: DemoPlan, results: dict[str, Any], stream: TextIO) -> dic
                      "mean ± sample standard deviation"
                      + ("; each pretrained row's seed k starts from its own pretraining at seed k, so the spread "
                         "covers how pretraining fell" if plan.sizes.vary_pretraining else ""))
+    if threads:  # a stage's numbers depend on its thread count, as on another CPU
+        counts = sorted(set(threads.values()))
+        notes.append("stages ran with " + ", ".join(f"{n} torch thread{'s' if n > 1 else ''}"
+                                                   + (f" ({sum(v == n for v in threads.values())} stages)" if len(counts) > 1 else "")
+                                                   for n in counts))
     for task, ft in plan.sizes.finetune.items():
         if ft.reinit:
             notes.append(f"{task} fine-tunes start {' and '.join(ft.reinit)} afresh")

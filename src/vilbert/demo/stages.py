@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+import torch
+
 from vilbert.io.atomic import write_json
 
 StageFn = Callable[[], dict[str, Any] | None]
@@ -70,6 +72,7 @@ class StageRunner:
     results: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds of this process per stage
+    threads: dict[str, int] = field(default_factory=dict)  # torch threads each stage ran with (its numbers depend on it)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -228,6 +231,8 @@ class StageRunner:
         self.results[name] = stored.get("result")
         self.timings[name] = float(stored.get("seconds", 0.0))
         self.cpu_timings[name] = float(stored.get("cpu_seconds", 0.0))
+        if "threads" in stored:  # markers written before it was recorded have none
+            self.threads[name] = int(stored["threads"])
         return self.timings[name]
 
     def _reuse(self, stage: Stage, k: int, n: int) -> None:
@@ -262,10 +267,12 @@ class StageRunner:
         # CPU seconds too: on a shared machine they say more about the stage's cost than wall time.
         cpu = time.process_time() - cpu0
         write_json(self.marker(stage.name), {"name": stage.name, "seconds": round(seconds, 3),
-                                             "cpu_seconds": round(cpu, 3), "result": result})
+                                             "cpu_seconds": round(cpu, 3), "threads": torch.get_num_threads(),
+                                             "result": result})
         self.results[stage.name] = result
         self.timings[stage.name] = seconds
         self.cpu_timings[stage.name] = cpu
+        self.threads[stage.name] = torch.get_num_threads()
         return seconds
 
     def _tick(self, stop: threading.Event, name: str, k: int, n: int, start: float, t0: float,
