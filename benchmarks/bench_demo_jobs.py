@@ -52,8 +52,7 @@ def run_arm(demo: Path, out: Path, stages: list[str], jobs: int, threads: int) -
     with open(os.devnull, "w") as quiet:
         runner = StageRunner(out, stream=quiet)
         t0 = time.perf_counter()
-        runner.run(chosen, jobs=jobs, threads=threads,
-                   launch=lambda name, k: command(str(out), name, sizes, k, ablations=False))
+        runner.run(chosen, jobs=jobs, launch=lambda name: command(str(out), name, sizes, threads, ablations=False))
         seconds = time.perf_counter() - t0
     return seconds, {name: runner.results[name]["metrics"] for name in stages}
 

@@ -142,13 +142,13 @@ def _side_by_side(tmp_path: Path):
     finally:
         sys.argv = argv
     out = tmp_path / "out"
-    return module.STAGES, out, lambda name, threads: [sys.executable, str(script), str(out), name, str(threads)]
+    return module.STAGES, out, lambda name: [sys.executable, str(script), str(out), name, "2"]  # 2 threads each
 
 
 def test_stages_side_by_side_wait_for_what_they_need_and_share_the_threads(tmp_path):
     stages, out, launch = _side_by_side(tmp_path)
     stream = io.StringIO()
-    results = StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch, threads=2)
+    results = StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch)
     a, b, c, d = (results[n] for n in "abcd")
     assert b["start"] >= a["end"] and c["start"] >= a["end"]  # both wait on a
     assert d["start"] >= max(b["end"], c["end"])
@@ -157,7 +157,7 @@ def test_stages_side_by_side_wait_for_what_they_need_and_share_the_threads(tmp_p
     assert all((out / "stages" / f"{n}.json").is_file() for n in "abcd")
     assert "[2/4] b - " not in stream.getvalue() and "b: finished in" in stream.getvalue()
     again = io.StringIO()
-    assert StageRunner(out, stream=again).run(stages, jobs=2, launch=launch, threads=2) == results
+    assert StageRunner(out, stream=again).run(stages, jobs=2, launch=launch) == results
     assert again.getvalue().count("reused") == 4
 
 
@@ -167,13 +167,13 @@ def test_a_failed_stage_side_by_side_is_named_and_the_rest_resume(tmp_path):
     (out / "FAIL_B").write_text("")
     (out / "b.started").touch()  # b fails before it gets there: c must not wait on it
     with pytest.raises(StageError, match=r"stage 'b' failed: RuntimeError: b broke .*b\.log"):
-        StageRunner(out, stream=io.StringIO()).run(stages, jobs=2, launch=launch, threads=2)
+        StageRunner(out, stream=io.StringIO()).run(stages, jobs=2, launch=launch)
     assert (out / "stages" / "c.json").is_file()  # c ran beside b and finished
     assert not (out / "stages" / "b.json").exists() and not (out / "stages" / "d.json").exists()
     assert "b broke" in (out / "logs" / "b.log").read_text()
     (out / "FAIL_B").unlink()
     stream = io.StringIO()
-    StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch, threads=2)
+    StageRunner(out, stream=stream).run(stages, jobs=2, launch=launch)
     assert "c: done earlier" in stream.getvalue() and (out / "stages" / "d.json").is_file()
     assert not (out / "stages" / "b.failed").exists()
 
@@ -181,10 +181,10 @@ def test_a_failed_stage_side_by_side_is_named_and_the_rest_resume(tmp_path):
 def test_side_by_side_refuses_a_plan_that_cannot_finish(tmp_path):
     runner = StageRunner(tmp_path, stream=io.StringIO())
     with pytest.raises(ValueError, match=r"not in the plan: \['z'\]"):
-        runner.run([Stage("a", lambda: None, needs=("z",))], jobs=2, launch=lambda n, t: [])
+        runner.run([Stage("a", lambda: None, needs=("z",))], jobs=2, launch=lambda n: [])
     with pytest.raises(ValueError, match="wait on each other"):
         runner.run([Stage("a", lambda: None, needs=("b",)), Stage("b", lambda: None, needs=("a",))],
-                   jobs=2, launch=lambda n, t: [])
+                   jobs=2, launch=lambda n: [])
     with pytest.raises(ValueError, match="launch command"):
         runner.run([Stage("a", lambda: None)], jobs=2)
 

@@ -78,8 +78,8 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
         if missing:
             print(f"vilbert demo: {len(missing)} stages not run yet: {', '.join(missing)}", file=stream)
     else:
-        runner.run(plan.stages, jobs=jobs, threads=torch.get_num_threads(),
-                   launch=lambda name, threads: worker_command(out, name, sizes, threads, ablations))
+        threads = torch.get_num_threads()  # every stage gets what it would get alone
+        runner.run(plan.stages, jobs=jobs, launch=lambda name: worker_command(out, name, sizes, threads, ablations))
     write_json(out / "timings.json", {k: {"seconds": round(v, 1), "cpu_seconds": round(runner.cpu_timings.get(k, 0.0), 1)}
                                       for k, v in runner.timings.items()})
     return write_tables(plan, runner.results, stream, runner.threads)

@@ -12,9 +12,9 @@ While a stage runs, its stdout and stderr (and so tqdm bars and warnings) go to
 
 With `jobs` > 1 the runner starts each stage in a process of its own (a command the caller gives,
 which runs that one stage here with `run_here` and so writes its marker), up to `jobs` at once,
-each once the stages it `needs` are finished, and each with the same number of torch threads as
-one at a time would get: a stage's numbers depend on its thread count (a pretraining's float sums
-fall differently at 1 and 2 threads), so only that keeps the results those of one at a time.
+each once the stages it `needs` are finished. The command should give each stage the torch threads
+one at a time would get (run_demo's does): a stage's numbers depend on its thread count (a
+pretraining's float sums fall differently at 1 and 2 threads), so only that keeps the results.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class StageError(RuntimeError):
     """A stage failed; the message names it and its log."""
 
 
-# Launch(stage name, torch threads) -> the command that runs that one stage in a process of its own.
-Launch = Callable[[str, int], list[str]]
+# Launch(stage name) -> the command that runs that one stage in a process of its own.
+Launch = Callable[[str], list[str]]
 POLL_S = 0.2
 
 
@@ -107,9 +107,9 @@ class StageRunner:
     def failure_note(self, name: str) -> Path:
         return self.out_dir / "stages" / f"{name}.failed"
 
-    def run(self, stages: list[Stage], jobs: int = 1, launch: Launch | None = None, threads: int = 1) -> dict[str, Any]:
+    def run(self, stages: list[Stage], jobs: int = 1, launch: Launch | None = None) -> dict[str, Any]:
         """Run every unfinished stage; returns name -> result for all stages. `jobs` > 1 runs up
-        to that many side by side, each through `launch` with `threads` torch threads."""
+        to that many side by side, each through `launch`."""
         names = [s.name for s in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -119,7 +119,7 @@ class StageRunner:
         if jobs > 1:
             if launch is None:
                 raise ValueError("running stages side by side needs a launch command")
-            return self._run_side_by_side(stages, jobs, launch, max(1, threads))
+            return self._run_side_by_side(stages, jobs, launch)
         start = time.perf_counter()
         # Actual / estimated time of the stages run so far corrects the estimates of the rest.
         spent = estimated = 0.0
@@ -151,7 +151,7 @@ class StageRunner:
             write_json(note, {"error": str(err)})
             raise
 
-    def _run_side_by_side(self, stages: list[Stage], jobs: int, launch: Launch, threads: int) -> dict[str, Any]:
+    def _run_side_by_side(self, stages: list[Stage], jobs: int, launch: Launch) -> dict[str, Any]:
         names = {s.name for s in stages}
         unknown = sorted({n for s in stages for n in s.needs} - names)
         if unknown:
@@ -175,8 +175,7 @@ class StageRunner:
                     if not ready and not running:
                         raise ValueError(f"no stage can start: {[s.name for s in pending]} wait on each other")
                     for stage in ready[:jobs - len(running)]:
-                        running[stage.name] = self._launch(stage, launch, threads, index[stage.name], len(stages),
-                                                           start, pending)
+                        running[stage.name] = self._launch(stage, launch, index[stage.name], len(stages), start, pending)
                         pending.remove(stage)
                 time.sleep(POLL_S)
                 for name, (proc, t0, log) in list(running.items()):
@@ -207,16 +206,16 @@ class StageRunner:
         self._say(f"all {len(stages)} stages done (this run {_fmt(time.perf_counter() - start)})")
         return self.results
 
-    def _launch(self, stage: Stage, launch: Launch, threads: int, k: int, n: int, start: float,
+    def _launch(self, stage: Stage, launch: Launch, k: int, n: int, start: float,
                 pending: list[Stage]) -> tuple[subprocess.Popen, float, Any]:
         log_path = self.log_path(stage.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.failure_note(stage.name).unlink(missing_ok=True)
         what = f" - {stage.description}" if stage.description else ""
-        self._say(f"[{k}/{n}] {stage.name}{what} (started, {threads} thread{'s' if threads > 1 else ''}; "
+        self._say(f"[{k}/{n}] {stage.name}{what} (started; "
                   f"elapsed {_fmt(time.perf_counter() - start)}, {len(pending) - 1} stages waiting)")
         log = open(log_path, "a")  # noqa: SIM115 - open while the worker runs; what it prints outside the stage lands here
-        proc = subprocess.Popen(launch(stage.name, threads), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(launch(stage.name), stdout=log, stderr=subprocess.STDOUT)
         return proc, time.perf_counter(), log
 
     def _failure(self, name: str, returncode: int) -> str:
