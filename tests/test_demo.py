@@ -369,6 +369,9 @@ def test_vilbert_demo_quick_with_varied_pretraining_end_to_end(tmp_path):
     assert len(data["runs"]["ViLBERT, no pretraining"]["Zero-shot R@1"]) == 1  # nothing pretrained to vary
     assert all(len(data["runs"]["ViLBERT (pretrained)"][c]) == 2 for c in ("VQA", "RefCOCO+"))
     assert "covers how pretraining fell" in (out / "results.md").read_text()
+    # Every two-row claim is decided on the margins of the seeds both rows ran.
+    compared = [c for c in data["claims"] if not c["claim"].startswith("zero-shot")]
+    assert len(compared) == 12 and all("(seeds " in c["detail"] for c in compared)
 
 
 def test_default_demo_model_starts_its_text_stream_from_minilm():
@@ -409,8 +412,8 @@ def test_drawing_leaves_a_users_matplotlib_alone(tmp_path):
 
 
 def test_seeds_give_means_spreads_and_undecided_claims(tmp_path):
-    """Several fine-tuning seeds: cells show mean ± sample std, and a claim whose margin lies within
-    the spread of a difference of two single runs is undecided, not held."""
+    """Several fine-tuning seeds: cells show mean ± sample std, and a claim whose per-seed margins
+    (seed k of one row against seed k of the other) average less than their spread is undecided."""
     def seeds(*values):
         return [{"accuracy": v} for v in values]
 
@@ -421,13 +424,41 @@ def test_seeds_give_means_spreads_and_undecided_claims(tmp_path):
     assert table.values["ViLBERT"]["VQA"] == 52.0 and table.spread["ViLBERT"]["VQA"] == 2.0
     assert table.runs["ViLBERT"]["VQA"] == [50.0, 52.0, 54.0]
     claims = {c.text: c for c in check_claims(table, "ViLBERT", "Scratch", "Single")}
-    vqa = claims["pretraining helps: VQA"]  # 52 vs 53 +- 4: within sqrt(2^2 + 4^2)
-    assert vqa.held is None and not vqa.decided and "spread 4.5" in vqa.detail
-    assert claims["pretraining helps: RefCOCO+"].held is True  # +20 against a spread of 1.4
+    vqa = claims["pretraining helps: VQA"]  # margins +1, -1, -3: mean -1 within their spread 2
+    assert vqa.held is None and not vqa.decided and "seeds +1.0 / -1.0 / -3.0), spread 2.0" in vqa.detail
+    assert claims["pretraining helps: RefCOCO+"].held is True  # +20 at every seed
     assert claims["two streams beat one: RefCOCO+"].held is False and claims["two streams beat one: RefCOCO+"].decided
     text = write_results(table, tmp_path, "results", list(claims.values()))
     assert "| 52.0 ± 2.0 |" in text and "[undecided: within the spread] pretraining helps: VQA" in text
-    assert "margin exceeds sqrt(s_a^2 + s_b^2)" in text
+    assert "mean of its per-seed margins" in text
+
+
+def test_claims_pair_each_seed_with_the_same_seed_of_the_other_row():
+    """Rows that move together with the seed: the margin is decided by its own spread, which the
+    spread of two independent runs (sqrt(s_a^2 + s_b^2)) would overstate; and the same values paired
+    the other way round leave it undecided. Only seeds both rows ran are paired."""
+    def seeds(*values):
+        return [None if v is None else {"accuracy": v} for v in values]
+
+    together = {"vilbert": {"vqa": seeds(0.50, 0.56, 0.62)}, "vilbert_scratch": {"vqa": seeds(0.48, 0.54, 0.60)},
+                "single_stream": {"vqa": seeds(0.60, 0.54, 0.48)}}
+    table = make_table("T", ROWS, together)
+    assert table.spread["ViLBERT"]["VQA"] == 6.0 and table.spread["Scratch"]["VQA"] == 6.0  # independent: 8.5
+    claims = {c.text: c for c in check_claims(table, "ViLBERT", "Scratch", "Single")}
+    helps = claims["pretraining helps: VQA"]
+    assert helps.held is True and helps.decided and "margin +2.0 (seeds +2.0 / +2.0 / +2.0), spread 0.0" in helps.detail
+    crossed = claims["two streams beat one: VQA"]  # margins -10, +2, +14: mean +2 against a spread of 12
+    assert crossed.held is None and not crossed.decided and "spread 12.0" in crossed.detail
+    # An unfinished run: seed 1 of the scratch row missing. Seeds 0 and 2 pair; the row's list keeps its gap.
+    partial = make_table("T", ROWS, {**together, "vilbert_scratch": {"vqa": seeds(0.48, None, 0.60)}})
+    assert partial.runs["Scratch"]["VQA"] == [48.0, None, 60.0] and partial.values["Scratch"]["VQA"] == 54.0
+    helps = {c.text: c for c in check_claims(partial, "ViLBERT", "Scratch", "Single")}["pretraining helps: VQA"]
+    assert helps.held is True and "(seeds +2.0 / +2.0)" in helps.detail
+    # One shared seed (1): no paired spread, so the rows' own spreads decide (margin -4 within 6.0).
+    lone = make_table("T", ROWS, {**together, "vilbert": {"vqa": seeds(0.50, 0.56, None)},
+                                  "vilbert_scratch": {"vqa": seeds(None, 0.54, 0.60)}})
+    helps = {c.text: c for c in check_claims(lone, "ViLBERT", "Scratch", "Single")}["pretraining helps: VQA"]
+    assert not helps.decided and "margin -4.0, spread 6.0 (of two independent runs)" in helps.detail
 
 
 def test_the_plan_runs_each_fine_tune_at_every_seed(tmp_path):

@@ -2,10 +2,14 @@
 the paper's qualitative claims stated as held / not held / undecided.
 
 Numbers are percentages. A cell is None when its task did not run (the reason is in `notes`). A
-task fine-tuned at several seeds shows the mean and the sample standard deviation; a claim comparing
-two rows holds when the mean margin exceeds the spread of a difference of two single runs,
-sqrt(s_a^2 + s_b^2), is not held when the margin is below minus that, and is undecided in between
-(with one seed there is no spread: a claim is decided by the sign of the margin, and says so).
+task fine-tuned at several seeds shows the mean and the sample standard deviation. A claim comparing
+two rows is decided on the margins of the seeds they share: seed k of both rows is fine-tuned at
+the same seed (the same order of examples; with varied pretraining, from pretrainings at the same
+seed), so the margin of seed k, a_k - b_k, is one draw of the margin the claim is about. The claim
+holds when the mean of those margins exceeds their sample standard deviation, is not held when it
+is below minus that, and is undecided in between. Where the rows share fewer than two seeds (a
+report of an unfinished run), the spread is that of a difference of two independent single runs,
+sqrt(s_a^2 + s_b^2). With one seed there is no spread: the sign of the margin decides, and says so.
 """
 
 from __future__ import annotations
@@ -51,9 +55,10 @@ class ResultsTable:
     chance: dict[str, float] = field(default_factory=dict)  # column -> chance percent
     # VQA's floor is not chance but the answer prior: the best answer per question type.
     prior: dict[str, float] = field(default_factory=dict)  # column -> percent without the image
-    # row label -> column label -> sample std over seeds (None with one seed), and every seed's value.
+    # row label -> column label -> sample std over seeds (None with one seed), and every seed's value
+    # in seed order (None where that seed has not run: seed k of two rows is compared with seed k).
     spread: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    runs: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "columns": [c for c, _, _ in COLUMNS], "rows": self.rows, "keys": self.keys,
@@ -64,23 +69,27 @@ class ResultsTable:
 Metrics = dict[str, float]
 
 
-def make_table(title: str, rows: list[tuple[str, str]], metrics: dict[str, dict[str, Metrics | list[Metrics]]],
+def make_table(title: str, rows: list[tuple[str, str]],
+               metrics: dict[str, dict[str, Metrics | list[Metrics | None]]],
                notes: list[str] | None = None, test_images: int | None = None,
                prior: dict[str, float] | None = None) -> ResultsTable:
     """rows: (key, label); metrics: row key -> task -> metric -> value in [0, 1], or a list of such
-    (one per seed); prior: column -> the score without the image, in [0, 1] (VQA's answer prior)."""
+    in seed order (None for a seed that has not run); prior: column -> the score without the
+    image, in [0, 1] (VQA's answer prior)."""
     values: dict[str, dict[str, float | None]] = {}
     spread: dict[str, dict[str, float | None]] = {}
-    runs: dict[str, dict[str, list[float]]] = {}
+    runs: dict[str, dict[str, list[float | None]]] = {}
     for key, label in rows:
         per_task = metrics.get(key, {})
         values[label], spread[label], runs[label] = {}, {}, {}
         for column, task, metric in COLUMNS:
             found = per_task.get(task, [])
-            seeds = [100.0 * float(m[metric]) for m in (found if isinstance(found, list) else [found]) if metric in m]
+            by_seed = [None if m is None or metric not in m else 100.0 * float(m[metric])
+                       for m in (found if isinstance(found, list) else [found])]
+            seeds = [v for v in by_seed if v is not None]
             values[label][column] = round(statistics.fmean(seeds), 2) if seeds else None
             spread[label][column] = round(statistics.stdev(seeds), 2) if len(seeds) > 1 else None
-            runs[label][column] = [round(v, 2) for v in seeds]
+            runs[label][column] = [None if v is None else round(v, 2) for v in by_seed] if seeds else []
     chance = {column: round(100.0 * value, 2) for column, value in VCR_CHANCE.items()}
     if test_images:
         for column, task, metric in COLUMNS:
@@ -125,14 +134,10 @@ class Claim:
 def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single: str) -> list[Claim]:
     """The paper's qualitative claims on this table (row labels as given)."""
     v, sd = table.values, table.spread
-    claims = []
-    for column in CLAIM_COLUMNS:
-        claims.append(_compare(f"pretraining helps: {column}", v[pretrained].get(column), v[unpretrained].get(column),
-                               "pretrained", "unpretrained", table.prior.get(column),
-                               _noise(sd, pretrained, unpretrained, column)))
-    for column in CLAIM_COLUMNS:
-        claims.append(_compare(f"two streams beat one: {column}", v[pretrained].get(column), v[single].get(column),
-                               "ViLBERT", "single-stream", table.prior.get(column), _noise(sd, pretrained, single, column)))
+    claims = [_compare(table, f"pretraining helps: {column}", pretrained, unpretrained, "pretrained", "unpretrained",
+                       column) for column in CLAIM_COLUMNS]
+    claims += [_compare(table, f"two streams beat one: {column}", pretrained, single, "ViLBERT", "single-stream", column)
+               for column in CLAIM_COLUMNS]
     zs, chance = v[pretrained].get("Zero-shot R@1"), table.chance.get("Zero-shot R@1")
     if zs is None or not chance:
         claims.append(Claim("zero-shot retrieval far above chance", None, "zero-shot retrieval did not run"))
@@ -151,31 +156,43 @@ def check_claims(table: ResultsTable, pretrained: str, unpretrained: str, single
 
 def multitask_claims(table: ResultsTable, multi: str, single: str) -> list[Claim]:
     """12-in-1's claim, that one multi-task model beats the single-task fine-tunes, per task."""
-    v, sd = table.values, table.spread
-    return [_compare(f"multi-task beats single-task: {column}", v[multi].get(column), v[single].get(column),
-                     "multi-task", "single-task", table.prior.get(column), _noise(sd, multi, single, column))
+    return [_compare(table, f"multi-task beats single-task: {column}", multi, single, "multi-task", "single-task", column)
             for column in CLAIM_COLUMNS]
 
 
-def _noise(spread: dict[str, dict[str, float | None]], a: str, b: str, column: str) -> float | None:
-    """The spread of a difference of single runs of rows a and b: sqrt(s_a^2 + s_b^2), or None
-    when either row ran one seed."""
-    sa, sb = spread.get(a, {}).get(column), spread.get(b, {}).get(column)
+def paired_margins(table: ResultsTable, a: str, b: str, column: str) -> list[float]:
+    """a_k - b_k for every seed k that both rows ran (seed k of two rows shares its fine-tune seed)."""
+    ra, rb = table.runs.get(a, {}).get(column, []), table.runs.get(b, {}).get(column, [])
+    return [x - y for x, y in zip(ra, rb, strict=False) if x is not None and y is not None]
+
+
+def _independent_noise(table: ResultsTable, a: str, b: str, column: str) -> float | None:
+    """The spread of a difference of two independent single runs of rows a and b,
+    sqrt(s_a^2 + s_b^2), or None when either row ran one seed."""
+    sa, sb = table.spread.get(a, {}).get(column), table.spread.get(b, {}).get(column)
     return None if sa is None or sb is None else math.hypot(sa, sb)
 
 
-def _compare(text: str, a: float | None, b: float | None, name_a: str, name_b: str,
-             prior: float | None = None, noise: float | None = None) -> Claim:
-    if a is None or b is None:
+def _compare(table: ResultsTable, text: str, a: str, b: str, name_a: str, name_b: str, column: str) -> Claim:
+    va, vb = table.values[a].get(column), table.values[b].get(column)
+    if va is None or vb is None:
         return Claim(text, None, "not run")
+    prior = table.prior.get(column)
     without_image = "" if prior is None else f"; without the image {prior:.1f}"
-    detail = f"{name_a} {a:.1f} vs {name_b} {b:.1f}{without_image}"
-    if noise is None:  # one seed: the sign of the margin decides (claims_text says so)
-        return Claim(text, a > b, detail)
-    detail += f"; margin {a - b:+.1f}, spread {noise:.1f}"
-    if abs(a - b) <= noise:
+    detail = f"{name_a} {va:.1f} vs {name_b} {vb:.1f}{without_image}"
+    margins = paired_margins(table, a, b, column)
+    if len(margins) >= 2:  # the seeds both rows ran decide: their margins' mean against their spread
+        margin, noise = statistics.fmean(margins), statistics.stdev(margins)
+        detail += (f"; margin {margin:+.1f} (seeds {' / '.join(f'{m:+.1f}' for m in margins)}), "
+                   f"spread {noise:.1f}")
+    else:
+        margin, noise = va - vb, _independent_noise(table, a, b, column)
+        if noise is None:  # one seed: the sign of the margin decides (claims_text says so)
+            return Claim(text, va > vb, detail)
+        detail += f"; margin {margin:+.1f}, spread {noise:.1f} (of two independent runs)"
+    if abs(margin) <= noise:
         return Claim(text, None, detail, decided=False)
-    return Claim(text, a > b, detail)
+    return Claim(text, margin > 0, detail)
 
 
 def claims_text(claims: list[Claim], source: str = "the paper") -> str:
@@ -187,8 +204,9 @@ def claims_text(claims: list[Claim], source: str = "the paper") -> str:
     held = sum(c.held is True for c in claims)
     undecided = sum(not c.decided for c in claims)
     seeds = any("spread" in c.detail for c in claims)
-    rule = ("a claim holds when its margin exceeds sqrt(s_a^2 + s_b^2), the spread of a difference of two "
-            "single runs" if seeds else "one seed per fine-tune: decided by the sign of the margin")
+    rule = ("a claim holds when the mean of its per-seed margins (seed k of one row against seed k of the "
+            "other) exceeds their sample standard deviation" if seeds
+            else "one seed per fine-tune: decided by the sign of the margin")
     lines = [f"Claims of {source} on this run ({held}/{len(claims)} held"
              + (f", {undecided} undecided" if undecided else "") + f"; {rule}):"]
     lines += [f"- [{mark(c)}] {c.text} ({c.detail})" for c in claims]

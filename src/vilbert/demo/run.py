@@ -85,9 +85,10 @@ def run_demo(out: str | Path, sizes: DemoSizes, ablations: bool = False, stream:
     return write_tables(plan, runner.results, stream, runner.threads)
 
 
-def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """row key -> task -> the metrics of each seed that ran, from the stage results."""
-    metrics: dict[str, dict[str, list[dict[str, float]]]] = {}
+def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[str, list[dict[str, float] | None]]]:
+    """row key -> task -> the metrics of each seed in seed order (None: not run yet), from the stage
+    results; seed k of two rows is compared with seed k."""
+    metrics: dict[str, dict[str, list[dict[str, float] | None]]] = {}
     pretrain_seeds = Steps(plan.out, plan.sizes).pretrain_seeds  # zero-shot runs once per pretraining
     for table in plan.tables:
         for row in table.rows:
@@ -95,7 +96,7 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
                 found = [results.get(StageKey(MULTITASK, row.key, seed).name) for seed in range(plan.sizes.seeds)]
                 for task in TASKS:
                     if any(found):
-                        metrics.setdefault(row.key, {})[task] = [r["metrics"][task] for r in found if r]
+                        metrics.setdefault(row.key, {})[task] = [r["metrics"][task] if r else None for r in found]
                 continue
             zero_shot_seeds = pretrain_seeds if row.pretrained else 1
             for task in (*TASKS, ZERO_SHOT):
@@ -103,7 +104,7 @@ def collect_metrics(plan: DemoPlan, results: dict[str, Any]) -> dict[str, dict[s
                 seeds = range(plan.sizes.seeds) if task in TASKS else range(zero_shot_seeds)
                 found = [results.get(StageKey(task, row.key, seed).name) for seed in seeds]
                 if any(found):
-                    metrics.setdefault(row.key, {})[task] = [r["metrics"] for r in found if r]
+                    metrics.setdefault(row.key, {})[task] = [r["metrics"] if r else None for r in found]
     return metrics
 
 
