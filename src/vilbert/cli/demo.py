@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune TASK (vqa, vcr, refer, retrieval) for N steps in every row (repeatable); "
                         "vqa=960 lifts the world's VQA above 60%% (16.5 minutes more on 2 cores)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="fine-tune every row and task at this many seeds; the claims are decided against their spread")
+                   help="fine-tune every row and task at this many seeds; a claim is decided by its margin at each "
+                        "seed (seed k of one row against seed k of the other) against those margins' spread")
     p.add_argument("--vary-pretraining", action="store_true",
                    help="with --seeds N, pretrain at each seed too (seed k of a pretrained row starts from "
                         "pretraining k): the spread then covers how pretraining fell (N-1 more pretrainings per model)")
